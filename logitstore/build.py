@@ -1,0 +1,265 @@
+"""Build a logit store: data -> tokens -> (per checkpoint) ONNX export -> inference -> store.
+
+One-way flow: load and tokenize every split once, write them, then for each teacher
+checkpoint export it, run it over every split in blocks of ``chunk_rows`` rows (one Zarr
+chunk each) and write each block with its progress. A rerun resumes from the last written
+block; an entry is marked complete only after every row of every split is written and
+its validation loss and score are computed from the stored logits.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from logitstore import __version__
+from logitstore.checkpoints import Checkpoint, discover, weights_sha256
+from logitstore.data import (DataConfig, dataset_fingerprint, load_splits, resolve_labels, tokenize_split,
+                             tokenizer_fingerprint)
+from logitstore.encode import encode
+from logitstore.format import ENCODINGS
+from logitstore.errors import (CheckpointError, DataError, StoreCorruptError, StoreMismatchError,
+                               TeacherOutputError)
+from logitstore.export import PARITY_TOLERANCE, export_checkpoint, load_model, parity_error
+from logitstore.format import CheckpointMeta, StoreMeta
+from logitstore.infer import infer_rows, make_session, pad_batch, plan_batches
+from logitstore.metrics import classification_scores
+from logitstore.progress import Progress, console
+from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "added_tokens.json")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything ``logitstore build`` needs; validated at construction."""
+
+    teachers: tuple[Path, ...]
+    data: str
+    out: Path
+    text_columns: tuple[str, ...] = ("text",)
+    label_column: str = "label"
+    validation_split: str = "validation"
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    max_length: int = 128
+    encoding: str = "fp16"
+    chunk_rows: int = DEFAULT_LOGIT_CHUNK_ROWS
+    token_budget: int = 16384
+    provider: str = "auto"
+    threads: int | None = None
+    parity_tolerance: float = PARITY_TOLERANCE
+    metric: str = "accuracy"
+    data_config: DataConfig = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "teachers", tuple(Path(t) for t in self.teachers))
+        object.__setattr__(self, "text_columns", tuple(self.text_columns))
+        problems = []
+        if not self.teachers:
+            problems.append("give at least one --teacher")
+        if self.encoding not in ENCODINGS:
+            problems.append(f"--dtype must be one of {', '.join(ENCODINGS)}; got {self.encoding!r} instead")
+        if self.chunk_rows < 1:
+            problems.append(f"--chunk-rows must be >= 1; got {self.chunk_rows} instead")
+        if self.token_budget < self.max_length:
+            problems.append(f"--token-budget must be >= --max-length ({self.max_length}); got {self.token_budget} instead")
+        if self.metric not in ("accuracy", "macro_f1"):
+            problems.append(f"--metric must be accuracy or macro_f1; got {self.metric!r} instead")
+        if problems:
+            raise DataError("; ".join(problems))
+        object.__setattr__(self, "data_config", DataConfig(
+            str(self.data), self.text_columns, self.label_column, self.validation_split,
+            tuple(self.split_fractions), self.split_seed, self.max_length))
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    store: Path
+    built: list[str]
+    skipped: list[str]
+    seconds: float
+
+
+def build_store(cfg: BuildConfig) -> BuildResult:
+    """Build (or resume, or extend) the store at ``cfg.out``. Raises LogitStoreError subclasses."""
+    t0 = time.perf_counter()
+    ckpts = discover(list(cfg.teachers))
+    tok_dir = _tokenizer_folder(ckpts)
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    model_cfg = AutoConfig.from_pretrained(ckpts[0].path)
+    names = [model_cfg.id2label[i] for i in range(model_cfg.num_labels)]
+    with console.status("reading and tokenizing the data"):
+        raw = load_splits(cfg.data_config)
+        label_names, label_map = resolve_labels(raw, cfg.label_column, names)
+        input_names = _input_names(model_cfg)
+        splits, hashes = {}, {}
+        for name, ds in raw.items():
+            splits[name], hashes[name] = tokenize_split(name, ds, tokenizer, cfg.data_config, label_map, input_names)
+    meta = StoreMeta(
+        task="sequence-classification", label_names=label_names, text_columns=list(cfg.text_columns),
+        label_column=cfg.label_column, max_length=cfg.max_length,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        dataset_fingerprint=dataset_fingerprint(hashes, cfg.data_config), input_names=list(input_names),
+        validation_split=cfg.validation_split, created_by=f"logitstore {__version__}",
+        pad_token_id=int(tokenizer.pad_token_id or 0),
+    )
+    store = _open_or_create(cfg.out, meta, hashes)
+    for name, data in splits.items():
+        if not store.has_split(name) or not store.split_meta(name).complete:
+            store.write_split(data, hashes[name])
+    store.write_tokenizer(tok_dir, [f for f in TOKENIZER_FILES if (tok_dir / f).exists()])
+    console.print(f"store [bold]{cfg.out}[/]: " + ", ".join(f"{n} {len(d):,} rows" for n, d in splits.items()))
+
+    built, skipped = [], []
+    for ck in ckpts:
+        if _build_checkpoint(store, ck, cfg, splits, tokenizer):
+            built.append(ck.name)
+        else:
+            skipped.append(ck.name)
+    return BuildResult(cfg.out, built, skipped, time.perf_counter() - t0)
+
+
+def _tokenizer_folder(ckpts: list[Checkpoint]) -> Path:
+    for ck in ckpts:
+        for folder in (ck.path, ck.path.parent):
+            if any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+                return folder
+    raise CheckpointError(
+        f"no tokenizer files next to {ckpts[0].path}; save the tokenizer into the checkpoint folder "
+        "(tokenizer.save_pretrained(folder))"
+    )
+
+
+def _input_names(model_cfg: Any) -> tuple[str, ...]:
+    return ("input_ids", "attention_mask") + (("token_type_ids",) if getattr(model_cfg, "type_vocab_size", 0) else ())
+
+
+def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> LogitStore:
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return LogitStore.create(path, meta)
+    if not (path / "zarr.json").exists():
+        raise StoreCorruptError(f"{path} exists and is not a logit store; choose another --out or remove it")
+    store = LogitStore.open(path, mode="r+")
+    old = store.meta
+    checks = [("tokenizer", old.tokenizer_fingerprint, meta.tokenizer_fingerprint),
+              ("label set", old.label_names, meta.label_names),
+              ("text columns", old.text_columns, meta.text_columns),
+              ("label column", old.label_column, meta.label_column),
+              ("max length", old.max_length, meta.max_length),
+              ("validation split", old.validation_split, meta.validation_split),
+              ("splits", sorted(store.split_names(complete_only=False)), sorted(hashes))]
+    diffs = [f"{what} ({a} in the store, {b} now)" if what not in ("tokenizer",) else "tokenizer"
+             for what, a, b in checks if a != b]
+    for name, sha in hashes.items():
+        if store.has_split(name) and store.split_meta(name).content_sha256 != sha:
+            diffs.append(f"content of split {name!r}")
+    if diffs:
+        raise StoreMismatchError(
+            f"store {path} was built from other data: {'; '.join(diffs)} differ; "
+            "build into a new --out, or rebuild with the same data and tokenizer"
+        )
+    return store
+
+
+def _build_checkpoint(store: LogitStore, ck: Checkpoint, cfg: BuildConfig,
+                      splits: dict[str, SplitData], tokenizer: Any) -> bool:
+    """Build one checkpoint's entry; returns False when it was already complete."""
+    wsha = weights_sha256(ck.path)
+    if store.has_checkpoint(ck.name):
+        old = store.checkpoint(ck.name)
+        if old.weights_sha256 != wsha:
+            raise StoreMismatchError(
+                f"checkpoint {ck.name!r} in store {store.path} was built from other weights than {ck.path}; "
+                "build into a new --out or rename the checkpoint folder"
+            )
+        if old.complete:
+            console.print(f"checkpoint [bold]{ck.name}[/]: complete, skipped")
+            return False
+    _check_teacher(ck, store.meta, tokenizer)
+    t0 = time.perf_counter()
+    val = splits[store.meta.validation_split]
+    sample = _sample_batches(val, store.meta.pad_token_id, tuple(store.meta.input_names))
+    with console.status(f"exporting {ck.name} to ONNX"):
+        exp = export_checkpoint(ck.path, sample, cfg.parity_tolerance)
+    session = make_session(exp.onnx_path, cfg.provider, cfg.threads)
+    parity = exp.parity_max_abs_err
+    if session.provider != "CPU":  # the parity that counts is the one of the provider that runs
+        parity = max(parity, parity_error(load_model(ck.path), session.session, sample, exp.input_names))
+        if parity > cfg.parity_tolerance:
+            raise CheckpointError(f"{session.provider} execution of {ck.name} differs from PyTorch by {parity:.3g}; "
+                                  "use --provider cpu")
+    console.print(f"checkpoint [bold]{ck.name}[/]: ONNX {'cached' if exp.cached else 'exported'}, "
+                  f"parity max |err| {parity:.2e}, provider [bold]{session.provider}[/]")
+    meta = CheckpointMeta(
+        name=ck.name, source_path=str(ck.path), weights_sha256=wsha, num_labels=store.meta.num_labels,
+        encoding=cfg.encoding, parity_max_abs_err=parity, parity_tolerance=cfg.parity_tolerance,
+        provider=session.provider, onnx_path=str(exp.onnx_path), metric=cfg.metric, step=ck.step,
+    )
+    store.put_checkpoint(meta)
+    for name, data in splits.items():
+        _fill_split(store, ck.name, data, session, cfg)
+    errs = [store.logits_meta(ck.name, s).max_abs_err for s in splits]
+    scores = classification_scores(store.read_logits(ck.name, val.name), val.labels)
+    meta = replace(meta, val_loss=scores["loss"], val_score=scores[cfg.metric],
+                   val_scores={k: v for k, v in scores.items() if k != "loss"}, encode_max_abs_err=max(errs),
+                   build_seconds=round(time.perf_counter() - t0, 3), complete=True)
+    store.put_checkpoint(meta)
+    console.print(f"checkpoint [bold]{ck.name}[/]: validation loss {meta.val_loss:.4f}, "
+                  f"{cfg.metric} {meta.val_score:.4f}")
+    return True
+
+
+def _check_teacher(ck: Checkpoint, meta: StoreMeta, tokenizer: Any) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(ck.path)
+    if cfg.num_labels != meta.num_labels:
+        raise StoreMismatchError(
+            f"checkpoint {ck.name} has {cfg.num_labels} labels but the store has {meta.num_labels} "
+            f"({', '.join(meta.label_names)}); use a teacher with the store's label set or a new --out"
+        )
+    if (ck.path / "tokenizer_config.json").exists() or (ck.path / "tokenizer.json").exists():
+        fp = tokenizer_fingerprint(AutoTokenizer.from_pretrained(ck.path))
+        if fp != meta.tokenizer_fingerprint:
+            raise StoreMismatchError(
+                f"checkpoint {ck.name} has another tokenizer than the store; use one teacher family per store"
+            )
+
+
+def _sample_batches(split: SplitData, pad_id: int, names: tuple[str, ...], rows: int = 32) -> list[dict[str, np.ndarray]]:
+    """Up to ``rows`` real validation rows as two padded batches (short and long rows)."""
+    picked = np.arange(min(rows, len(split)))
+    out = []
+    for batch in plan_batches(split.lengths[picked], token_budget=10**9, max_batch=max(1, len(picked) // 2)):
+        ragged = [split.row(int(i)) for i in picked[batch]]
+        types = None if split.token_type_ids is None else \
+            [split.token_type_ids[split.offsets[i]:split.offsets[i + 1]] for i in picked[batch]]
+        out.append(pad_batch(ragged, pad_id, types, names))
+    return out
+
+
+def _fill_split(store: LogitStore, ckpt: str, data: SplitData, session: Any, cfg: BuildConfig) -> None:
+    progress = store.prepare_logits(ckpt, data.name, len(data), store.meta.num_labels, cfg.encoding, cfg.chunk_rows)
+    if progress.complete:
+        return
+    with Progress() as bar:
+        task = bar.add_task(f"{ckpt} / {data.name}", total=len(data), completed=progress.rows_done)
+        for start in range(progress.rows_done, len(data), cfg.chunk_rows):
+            rows = np.arange(start, min(start + cfg.chunk_rows, len(data)))
+            logits = infer_rows(session, data.input_ids, data.offsets, data.token_type_ids, rows,
+                                store.meta.pad_token_id, cfg.token_budget, lambda n: bar.advance(task, n))
+            finite = np.isfinite(logits).all(axis=1)  # (R,)
+            if not finite.all():
+                bad = int(rows[np.argmin(finite)])
+                raise TeacherOutputError(
+                    f"checkpoint {ckpt} gave NaN or inf logits on split {data.name!r}, example id "
+                    f"{int(data.example_ids[bad])}; check its weights (a diverged step?) and leave it out"
+                )
+            store.write_logits_block(ckpt, data.name, start, encode(logits, cfg.encoding))

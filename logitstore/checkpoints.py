@@ -1,0 +1,81 @@
+"""Find teacher checkpoints on disk and fingerprint their weights.
+
+``--teacher PATH`` is either one Hugging Face checkpoint folder (config.json plus
+safetensors weights) or a training output folder whose ``checkpoint-*`` subfolders are
+checkpoints. Weights are read only from safetensors (no pickle is ever loaded).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from logitstore.errors import CheckpointError
+
+_STEP = re.compile(r"checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One teacher checkpoint: its store entry ``name``, folder and training step (if known)."""
+
+    name: str
+    path: Path
+    step: int | None
+
+
+def is_checkpoint(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def discover(paths: list[Path]) -> list[Checkpoint]:
+    """Expand ``--teacher`` paths into checkpoints with unique names, in the order given.
+
+    A folder named ``checkpoint-N`` keeps that name; a collision between runs is resolved
+    by prefixing the run folder's name. Raises CheckpointError for a path that is neither.
+    """
+    found: list[tuple[Path, int | None]] = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise CheckpointError(f"teacher path {p} does not exist; pass a checkpoint folder or a training output folder")
+        if is_checkpoint(p):
+            found.append((p, _step(p)))
+            continue
+        subs = sorted((s for s in p.glob("checkpoint-*") if s.is_dir()), key=lambda s: (_step(s) or 0, s.name))
+        good = [s for s in subs if is_checkpoint(s)]
+        if not good:
+            pickled = " (only pytorch_model.bin: re-save it with save_pretrained(safe_serialization=True))" \
+                if any(p.glob("**/pytorch_model.bin")) else ""
+            raise CheckpointError(
+                f"{p} is not a checkpoint: it needs config.json and *.safetensors weights, or checkpoint-* "
+                f"subfolders that have them{pickled}; pass a folder saved by save_pretrained or Trainer"
+            )
+        found.extend((s, _step(s)) for s in good)
+    names = [f.name for f, _ in found]
+    out: list[Checkpoint] = []
+    for (folder, step), name in zip(found, names):
+        if names.count(name) > 1:
+            name = f"{folder.parent.name}-{name}"
+        out.append(Checkpoint(name, folder.resolve(), step))
+    dupes = sorted({c.name for c in out if [d.name for d in out].count(c.name) > 1})
+    if dupes:
+        raise CheckpointError(f"teacher checkpoints share the names {', '.join(dupes)}; pass each folder once")
+    return out
+
+
+def _step(folder: Path) -> int | None:
+    m = _STEP.search(folder.name)
+    return int(m.group(1)) if m else None
+
+
+def weights_sha256(folder: Path) -> str:
+    """sha256 over the checkpoint's safetensors files (sorted by name) and config.json."""
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()

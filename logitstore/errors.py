@@ -1,0 +1,46 @@
+"""Errors the teacher side raises. The CLI turns each into one line and a non-zero exit.
+
+Every message names the problem and the fix. The classes also inherit the builtin that
+fits, so callers may catch ``FileNotFoundError`` or ``ValueError`` as usual.
+"""
+from __future__ import annotations
+
+
+class LogitStoreError(Exception):
+    """Base class: an error with a message meant for a user, printed without a traceback."""
+
+
+class CheckpointError(LogitStoreError, FileNotFoundError):
+    """A path is not a usable Hugging Face checkpoint folder."""
+
+
+class DataError(LogitStoreError, ValueError):
+    """The dataset cannot be used as given (missing column, unknown label, empty split...)."""
+
+
+class StoreMismatchError(LogitStoreError, ValueError):
+    """A build would mix data, tokenizer or label set with what the store already holds."""
+
+
+class StoreCorruptError(LogitStoreError, OSError):
+    """The store is missing, truncated, or its metadata cannot be read."""
+
+
+class FormatVersionError(StoreCorruptError):
+    """The store was written in a format version this code does not read."""
+
+
+class ExportError(LogitStoreError, RuntimeError):
+    """ONNX export failed, or the exported graph does not match PyTorch within tolerance."""
+
+
+class TeacherOutputError(LogitStoreError, ValueError):
+    """The teacher produced NaN or inf logits, or logits the chosen storage cannot hold."""
+
+
+class ProviderError(LogitStoreError, RuntimeError):
+    """The requested ONNX Runtime execution provider is not available or did not run."""
+
+
+class NoCheckpointError(LogitStoreError, LookupError):
+    """The store has no complete checkpoint matching the request (name, ths or tll)."""

@@ -1,0 +1,182 @@
+"""Export a transformers checkpoint to ONNX, check it against PyTorch, cache it by content.
+
+The export uses torch.onnx's TorchScript exporter (``dynamo=False``) with eager attention:
+it exports a 6-layer BERT in ~1.5 s (the dynamo exporter takes ~8 s) and gives ONNX
+Runtime a graph it can fuse. Batch and sequence axes are dynamic; the output is named
+``logits``. Exports live in ``$LOGITSTORE_CACHE/onnx/<key>/model.onnx`` (default
+``~/.cache/logitstore``), where the key hashes the weights, the config and the exporter
+settings, so exporting the same checkpoint twice does no work the second time.
+
+Parity: the ONNX graph and PyTorch eager run the same real inputs; the largest absolute
+logit difference must stay under ``PARITY_TOLERANCE`` (fp32 graphs match to ~1e-5; 1e-3
+leaves room for other execution providers' kernels while catching a wrong export,
+whose errors are of the order of the logits themselves).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from logitstore.checkpoints import weights_sha256
+from logitstore.errors import CheckpointError, ExportError
+
+PARITY_TOLERANCE = 1e-3
+OPSET = 17
+_EXPORTER_TAG = f"torchscript-opset{OPSET}-eager-v1"
+PROBE_TEXTS = (
+    "A quiet, beautifully acted film that never quite finds its ending.",
+    "Terrible.",
+    "The plot follows two brothers who return home after their father's death and discover the farm is failing.",
+    "Fun, fast and forgettable.",
+)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """An exported checkpoint: graph path, its input names, parity error, whether cached."""
+
+    onnx_path: Path
+    input_names: tuple[str, ...]
+    parity_max_abs_err: float
+    weights_sha256: str
+    cached: bool
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LOGITSTORE_CACHE", Path.home() / ".cache" / "logitstore"))
+
+
+def load_model(folder: Path) -> Any:
+    """The checkpoint as an eval-mode AutoModelForSequenceClassification (eager attention)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, attn_implementation="eager", use_safetensors=True, trust_remote_code=False)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot load {folder} as a sequence-classification checkpoint ({type(exc).__name__}: {exc}); "
+            "pass a folder saved by save_pretrained"
+        ) from exc
+    return model.eval()
+
+
+def graph_input_names(model: Any) -> tuple[str, ...]:
+    names = ["input_ids", "attention_mask"]
+    if getattr(model.config, "type_vocab_size", 0) and "token_type_ids" in model.forward.__code__.co_varnames:
+        names.append("token_type_ids")
+    return tuple(names)
+
+
+class LogitsOnly(torch.nn.Module):
+    """Wraps a model so it takes the graph's inputs positionally and returns (logits,)."""
+
+    def __init__(self, model: Any, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.model(**dict(zip(self.names, inputs))).logits,)  # (B, C)
+
+
+def probe_inputs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+    """Two padded batches of built-in sentences, tokenized by the checkpoint's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    out = []
+    for texts in (PROBE_TEXTS[:2], PROBE_TEXTS):
+        enc = tok(list(texts), padding=True, truncation=True, max_length=128, return_tensors="np",
+                  return_token_type_ids=True)
+        out.append({k: enc[k].astype(np.int64) for k in names})
+    return out
+
+
+def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None = None,
+                      tolerance: float = PARITY_TOLERANCE, cache_dir: Path | None = None) -> ExportResult:
+    """Export ``folder`` to ONNX (or reuse the cached export) and parity-check it on CPU.
+
+    ``sample``: padded int64 batches keyed by input name (real inputs); built-in probe
+    sentences when None. Raises ExportError when the parity error exceeds ``tolerance``.
+    """
+    folder = Path(folder)
+    wsha = weights_sha256(folder)
+    key = hashlib.sha256(f"{wsha}|{_EXPORTER_TAG}|torch{torch.__version__}".encode()).hexdigest()[:24]
+    target = (cache_dir or cache_root() / "onnx") / key
+    onnx_path, info_path = target / "model.onnx", target / "export.json"
+    model = None
+    if onnx_path.exists() and info_path.exists():
+        info = json.loads(info_path.read_text())
+        names = tuple(info["input_names"])
+        cached = True
+    else:
+        model = load_model(folder)
+        names = graph_input_names(model)
+        _export(model, names, target)
+        cached = False
+    if sample is None:
+        if cached:
+            return ExportResult(onnx_path, names, float(info["parity_max_abs_err"]), wsha, True)
+        sample = probe_inputs(folder, names)
+    model = model if model is not None else load_model(folder)
+    err = parity_error(model, _cpu_session(onnx_path), sample, names)
+    if not cached:
+        info_path.write_text(json.dumps({"input_names": list(names), "parity_max_abs_err": err,
+                                         "weights_sha256": wsha, "source": str(folder)}))
+    if not err <= tolerance:
+        raise ExportError(
+            f"ONNX export of {folder} differs from PyTorch by {err:.3g} (> tolerance {tolerance:g}); "
+            "the export is wrong for this architecture: report it with the model config"
+        )
+    return ExportResult(onnx_path, names, err, wsha, cached)
+
+
+def _export(model: Any, names: tuple[str, ...], target: Path) -> None:
+    dummy = tuple(torch.ones((2, 8), dtype=torch.long) for _ in names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(LogitsOnly(model, names).eval(), dummy, str(tmp / "model.onnx"), dynamo=False,
+                              input_names=list(names), output_names=["logits"], dynamic_axes=axes,
+                              opset_version=OPSET)
+        model.eval()  # the exporter restores the wrapper's train/eval mode on the model
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: a killed export leaves only a .export-* folder
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"ONNX export failed ({type(exc).__name__}: {exc}); check the checkpoint loads in transformers") from exc
+
+
+def _cpu_session(onnx_path: Path) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+
+def parity_error(model: Any, session: Any, sample: list[dict[str, np.ndarray]], names: tuple[str, ...]) -> float:
+    """Max |ONNX - PyTorch| over the logits of every batch in ``sample``."""
+    err = 0.0
+    for batch in sample:
+        feed = {n: batch[n].astype(np.int64) for n in names}
+        got = session.run(["logits"], feed)[0]
+        with torch.no_grad():
+            ref = model(**{n: torch.from_numpy(v) for n, v in feed.items()}).logits.float().numpy()
+        err = max(err, float(np.abs(got - ref).max()))
+    return err

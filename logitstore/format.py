@@ -1,0 +1,151 @@
+"""The store's metadata: versioned dataclasses with to_dict/from_dict, checked on open.
+
+The layout they describe is written down in docs/store-format.md (the public contract).
+Everything here is plain JSON in Zarr attributes: no pickle anywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+from logitstore.errors import FormatVersionError, StoreCorruptError
+
+FORMAT_NAME = "logitstore"
+FORMAT_VERSION = 1
+#: Format versions this code reads.
+READABLE_VERSIONS = (1,)
+
+TASKS = ("sequence-classification",)
+#: How logits map to rows: one vector per example, or one per token (NER, QA) or
+#: per position (top-k LLM logits). Only "row" is written by format version 1 builds;
+#: "token" is reserved by the spec.
+LAYOUTS = ("row", "token")
+ENCODINGS = ("fp16", "fp32", "int8")
+
+
+def _from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, ignoring unknown keys (forward compatible)."""
+    if not isinstance(data, dict):
+        raise StoreCorruptError(f"{what} metadata is not a JSON object; the store is corrupt: rebuild it")
+    names = {f.name for f in fields(cls)}
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    missing = sorted(required - data.keys())
+    if missing:
+        raise StoreCorruptError(
+            f"{what} metadata lacks {', '.join(missing)}; the store is corrupt or truncated: rebuild it"
+        )
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """Root attributes (under the key ``logitstore``) of a store."""
+
+    task: str
+    label_names: list[str]
+    text_columns: list[str]
+    label_column: str
+    max_length: int
+    tokenizer_fingerprint: str
+    dataset_fingerprint: str
+    input_names: list[str]
+    validation_split: str
+    created_by: str
+    pad_token_id: int = 0
+    format_version: int = FORMAT_VERSION
+    format: str = FORMAT_NAME
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "StoreMeta":
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+            raise StoreCorruptError(
+                "not a logit store (no 'logitstore' metadata at its root); "
+                "pass the folder that `logitstore build` wrote"
+            )
+        version = data.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise FormatVersionError(
+                f"store format version {version!r} is not readable by this logitstore "
+                f"(reads {', '.join(map(str, READABLE_VERSIONS))}); upgrade logitstore or rebuild the store"
+            )
+        return _from_dict(cls, data, "store")
+
+
+@dataclass(frozen=True)
+class SplitMeta:
+    """Attributes of ``splits/<name>``: the tokenized examples of one split."""
+
+    name: str
+    rows: int
+    tokens: int
+    content_sha256: str
+    complete: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "SplitMeta":
+        return _from_dict(cls, data, "split")
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """Attributes of ``checkpoints/<name>``: one teacher checkpoint's entry.
+
+    ``val_loss`` is the mean cross-entropy of the stored validation logits against the
+    gold labels; ``val_score`` is the task metric named by ``metric`` on the same logits.
+    ``encode_max_abs_err`` is the largest |stored - computed| logit over all splits (0 for
+    fp32; the fp16 rounding or int8 quantization error otherwise).
+    ``complete`` is set last, only once every split's logits are written.
+    """
+
+    name: str
+    source_path: str
+    weights_sha256: str
+    num_labels: int
+    encoding: str
+    parity_max_abs_err: float
+    parity_tolerance: float
+    provider: str
+    layout: str = "row"
+    onnx_path: str | None = None
+    encode_max_abs_err: float | None = None
+    metric: str = "accuracy"
+    val_loss: float | None = None
+    val_score: float | None = None
+    val_scores: dict[str, float] = field(default_factory=dict)
+    step: int | None = None
+    build_seconds: float | None = None
+    complete: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "CheckpointMeta":
+        return _from_dict(cls, data, "checkpoint")
+
+
+@dataclass(frozen=True)
+class LogitsMeta:
+    """Attributes of ``checkpoints/<name>/<split>``: progress of one logits array."""
+
+    rows: int
+    rows_done: int = 0
+    max_abs_err: float = 0.0
+    complete: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "LogitsMeta":
+        return _from_dict(cls, data, "logits")

@@ -1,0 +1,125 @@
+"""ONNX Runtime inference over ragged token ids, batched by length under a token budget.
+
+Rows are sorted by length and cut into batches whose padded size (rows x longest row)
+stays under ``token_budget``, so almost no padding is computed; the logits come back in
+the order the rows were given.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from logitstore.errors import ProviderError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ProviderError(
+            "ONNX Runtime is not installed; install the project with the cpu or gpu extra: pip install '.[cpu]'"
+        ) from exc
+    return onnxruntime
+
+
+@dataclass
+class Session:
+    """An ONNX Runtime session and the execution provider that really runs it."""
+
+    session: Any
+    provider: str
+    input_names: tuple[str, ...]
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(["logits"], feed)[0]
+
+
+def make_session(onnx_path: Path, provider: str = "auto", threads: int | None = None) -> Session:
+    """Open ``onnx_path`` on the best working provider ("auto": TensorRT, then CUDA, then
+    CPU) or the one named. onnxruntime-gpu silently falls back to CPU when CUDA libraries
+    are missing, so the provider that actually runs is read back from the session.
+    Raises ProviderError when a named provider is unavailable or did not take the graph."""
+    ort = _ort()
+    available = ort.get_available_providers()
+    if provider == "auto":
+        # TensorRT is tried only when asked for: its engine build takes minutes per shape.
+        wanted = [p for p in (PROVIDERS["cuda"],) if p in available] + [PROVIDERS["cpu"]]
+    elif provider in PROVIDERS:
+        if PROVIDERS[provider] not in available:
+            raise ProviderError(
+                f"execution provider {provider} is not available (available: {', '.join(available)}); "
+                "install onnxruntime-gpu with matching CUDA/cuDNN, or use --provider cpu"
+            )
+        wanted = [PROVIDERS[provider], PROVIDERS["cpu"]]
+    else:
+        raise ProviderError(f"unknown provider {provider!r}; use auto, cpu, cuda or tensorrt")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=wanted)
+    used = sess.get_providers()[0]
+    if provider != "auto" and used != PROVIDERS[provider]:
+        raise ProviderError(f"execution provider {provider} did not start (ONNX Runtime fell back to {used}); "
+                            "check the CUDA/cuDNN libraries, or use --provider cpu")
+    names = tuple(i.name for i in sess.get_inputs())
+    return Session(sess, used.replace("ExecutionProvider", ""), names)
+
+
+def plan_batches(lengths: np.ndarray, token_budget: int, max_batch: int = 512) -> list[np.ndarray]:
+    """Index batches (into ``lengths``) sorted by length, each with rows x longest <= budget
+    (a single row longer than the budget gets a batch of its own)."""
+    order = np.argsort(lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and stop - start < max_batch and (stop - start + 1) * lengths[order[stop]] <= token_budget:
+            stop += 1
+        batches.append(order[start:stop])
+        start = stop
+    return batches
+
+
+def pad_batch(rows: list[np.ndarray], pad_id: int, type_rows: list[np.ndarray] | None,
+              names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Right-pad ragged rows into the int64 feed the graph declares."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)  # (B, T)
+    mask = np.zeros((len(rows), width), dtype=np.int64)  # (B, T)
+    types = np.zeros((len(rows), width), dtype=np.int64)  # (B, T)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+        if type_rows is not None:
+            types[i, :len(r)] = type_rows[i]
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {n: feed[n] for n in names}
+
+
+def infer_rows(session: Session, input_ids: np.ndarray, offsets: np.ndarray, token_type_ids: np.ndarray | None,
+               rows: np.ndarray, pad_id: int, token_budget: int, on_batch: Any = None) -> np.ndarray:
+    """Logits (len(rows), C) float32 for the given row numbers, in that order.
+
+    ``input_ids``/``offsets``/``token_type_ids`` are a split's ragged arrays (see SplitData).
+    ``on_batch(n)`` is called after each batch with the number of rows done.
+    """
+    lengths = offsets[rows + 1] - offsets[rows]
+    out: np.ndarray | None = None
+    for batch in plan_batches(lengths, token_budget):
+        picked = rows[batch]
+        ragged = [input_ids[offsets[r]:offsets[r + 1]] for r in picked]
+        types = None if token_type_ids is None else [token_type_ids[offsets[r]:offsets[r + 1]] for r in picked]
+        logits = session.run(pad_batch(ragged, pad_id, types, session.input_names)).astype(np.float32)  # (B, C)
+        if out is None:
+            out = np.empty((len(rows), logits.shape[1]), dtype=np.float32)
+        out[batch] = logits
+        if on_batch is not None:
+            on_batch(len(batch))
+    assert out is not None
+    return out

@@ -1,0 +1,344 @@
+"""The logit store on disk: open, read and (for the builder) write a Zarr v3 store.
+
+Layout (docs/store-format.md is the contract)::
+
+    STORE/                              attrs["logitstore"]: StoreMeta
+      tokenizer/<file>                  uint8 bytes of each tokenizer file
+      splits/<split>/                   attrs["logitstore"]: SplitMeta
+        input_ids   (T,)   int32        all rows' token ids end to end (ragged, no padding)
+        offsets     (R+1,) int64        row i is input_ids[offsets[i]:offsets[i+1]]
+        token_type_ids (T,) int8        only when two text columns are used
+        labels      (R,)   int64
+        example_id  (R,)   int64        row number of the example in its source split
+      checkpoints/<name>/               attrs["logitstore"]: CheckpointMeta
+        <split>/                        attrs["logitstore"]: LogitsMeta (progress)
+          logits    (R, C) fp16|fp32|int8   chunked by many rows
+          scale     (R,)   float32      only for int8: logits = values * scale[:, None]
+
+The student side reads a store with :func:`open_store` and the read methods; only the
+builder uses the write methods.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from math import inf
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from logitstore.encode import Encoded, decode, storage_dtype
+from logitstore.errors import LogitStoreError, NoCheckpointError, StoreCorruptError
+from logitstore.format import CheckpointMeta, LogitsMeta, SplitMeta, StoreMeta
+
+ATTR = "logitstore"
+ROW_CHUNK = 65_536
+TOKEN_CHUNK = 1 << 20
+DEFAULT_LOGIT_CHUNK_ROWS = 8192
+
+
+def _compressors(typesize: int) -> list[Any]:
+    # Byte shuffle + zstd inside blosc; crc32c after it, so flipped or truncated chunk
+    # bytes fail loudly on read instead of decoding to garbage.
+    return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=typesize),
+            zarr.codecs.Crc32cCodec()]
+
+
+@contextlib.contextmanager
+def _reading(path: str, what: str) -> Iterator[None]:
+    """Turn low-level read failures into one StoreCorruptError naming ``what``."""
+    try:
+        yield
+    except LogitStoreError:
+        raise
+    except Exception as exc:  # zarr, numcodecs and JSON errors have no common base
+        raise StoreCorruptError(
+            f"cannot read {what} of store {path} ({type(exc).__name__}: {exc}); "
+            "the store is corrupt or truncated: rebuild it (or rerun the build to resume)"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One split's tokenized examples, in RAM.
+
+    ``input_ids`` (T,) int32 holds every row's token ids end to end; row i is
+    ``input_ids[offsets[i]:offsets[i + 1]]`` with ``offsets`` (R+1,) int64.
+    ``token_type_ids`` is (T,) int8, or None when every token has type 0.
+    """
+
+    name: str
+    input_ids: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray
+    example_ids: np.ndarray
+    token_type_ids: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(R,) number of tokens of each row."""
+        return np.diff(self.offsets)
+
+    def row(self, i: int) -> np.ndarray:
+        return self.input_ids[self.offsets[i]:self.offsets[i + 1]]
+
+
+class LogitStore:
+    """A logit store on disk. Use :func:`open_store` to read one."""
+
+    def __init__(self, path: str, root: zarr.Group, meta: StoreMeta) -> None:
+        self.path = path
+        self._root = root
+        self.meta = meta
+
+    # ------------------------------------------------------------------ open / create
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], mode: str = "r") -> "LogitStore":
+        """Open an existing store (``mode`` "r" or "r+"); raises StoreCorruptError."""
+        path = str(path)
+        if "://" not in path and not Path(path).exists():
+            raise StoreCorruptError(f"no store at {path}; build one with `logitstore build --out {path}`")
+        with _reading(path, "the root metadata"):
+            root = zarr.open_group(path, mode=mode)
+            data = root.attrs.get(ATTR)
+        return cls(path, root, StoreMeta.from_dict(data))
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], meta: StoreMeta) -> "LogitStore":
+        """Create a new empty store at ``path`` (which must not hold a store yet)."""
+        path = str(path)
+        root = zarr.open_group(path, mode="w-")
+        root.attrs[ATTR] = meta.to_dict()
+        root.require_group("splits")
+        root.require_group("checkpoints")
+        root.require_group("tokenizer")
+        return cls(path, root, meta)
+
+    # ------------------------------------------------------------------ splits
+    def split_names(self, complete_only: bool = True) -> list[str]:
+        with _reading(self.path, "the split list"):
+            names = sorted(k for k, _ in self._root["splits"].groups())
+        return [n for n in names if not complete_only or self.split_meta(n).complete]
+
+    def split_meta(self, name: str) -> SplitMeta:
+        with _reading(self.path, f"split {name!r}"):
+            return SplitMeta.from_dict(self._root[f"splits/{name}"].attrs.get(ATTR))
+
+    def has_split(self, name: str) -> bool:
+        return name in self.split_names(complete_only=False)
+
+    def read_split(self, name: str) -> SplitData:
+        """Load one complete split into RAM and check it is whole."""
+        if name not in self.split_names():
+            raise StoreCorruptError(
+                f"split {name!r} is not in store {self.path} (splits: {', '.join(self.split_names()) or 'none'}); "
+                "pick one of those or rebuild the store with it"
+            )
+        meta = self.split_meta(name)
+        with _reading(self.path, f"split {name!r}"):
+            g = self._root[f"splits/{name}"]
+            ids = g["input_ids"][:]
+            offsets = g["offsets"][:]
+            labels = g["labels"][:]
+            example_ids = g["example_id"][:]
+            tt = g["token_type_ids"][:] if "token_type_ids" in g else None
+        whole = (
+            len(offsets) == meta.rows + 1 and len(ids) == meta.tokens and offsets[0] == 0
+            and offsets[-1] == meta.tokens and bool((np.diff(offsets) > 0).all())
+            and bool((ids >= 0).all()) and bool((labels >= 0).all()) and bool((example_ids >= 0).all())
+        )
+        if not whole:
+            raise StoreCorruptError(
+                f"split {name!r} of store {self.path} is truncated or has missing chunks; rebuild the store"
+            )
+        return SplitData(name, ids, offsets, labels, example_ids, tt)
+
+    def write_split(self, data: SplitData, content_sha256: str) -> SplitMeta:
+        """Write one split (replacing an incomplete one) and mark it complete last."""
+        g = self._root.require_group("splits").create_group(data.name, overwrite=True)
+        meta = SplitMeta(data.name, len(data), int(data.offsets[-1]), content_sha256, complete=False)
+        g.attrs[ATTR] = meta.to_dict()
+        arrays: dict[str, tuple[np.ndarray, int]] = {
+            "input_ids": (data.input_ids.astype(np.int32), TOKEN_CHUNK),
+            "offsets": (data.offsets.astype(np.int64), ROW_CHUNK),
+            "labels": (data.labels.astype(np.int64), ROW_CHUNK),
+            "example_id": (data.example_ids.astype(np.int64), ROW_CHUNK),
+        }
+        if data.token_type_ids is not None:
+            arrays["token_type_ids"] = (data.token_type_ids.astype(np.int8), TOKEN_CHUNK)
+        for key, (values, chunk) in arrays.items():
+            a = g.create_array(key, shape=values.shape, dtype=values.dtype, chunks=(chunk,),
+                               fill_value=-1, compressors=_compressors(values.dtype.itemsize))
+            a[:] = values
+        meta = replace(meta, complete=True)
+        g.attrs[ATTR] = meta.to_dict()
+        return meta
+
+    # ------------------------------------------------------------------ tokenizer
+    def write_tokenizer(self, folder: str | os.PathLike[str], files: list[str]) -> None:
+        """Copy tokenizer ``files`` (names inside ``folder``) into the store as raw bytes."""
+        g = self._root.require_group("tokenizer")
+        for name in files:
+            raw = np.frombuffer((Path(folder) / name).read_bytes(), dtype=np.uint8)
+            a = g.create_array(name, shape=raw.shape, dtype="uint8", chunks=(max(1, len(raw)),),
+                               compressors=_compressors(1), overwrite=True)
+            a[:] = raw
+
+    def save_tokenizer(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the store's tokenizer files into ``folder`` (created) and return it."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        with _reading(self.path, "the tokenizer"):
+            for name, arr in self._root["tokenizer"].arrays():
+                (out / name).write_bytes(arr[:].tobytes())
+        return out
+
+    def load_tokenizer(self) -> Any:
+        """The tokenizer the store's token ids were made with (a transformers tokenizer)."""
+        from transformers import AutoTokenizer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return AutoTokenizer.from_pretrained(self.save_tokenizer(tmp))
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_names(self, complete_only: bool = True) -> list[str]:
+        with _reading(self.path, "the checkpoint list"):
+            names = sorted(k for k, _ in self._root["checkpoints"].groups())
+        return [n for n in names if not complete_only or self.checkpoint(n).complete]
+
+    def checkpoints(self, complete_only: bool = True) -> list[CheckpointMeta]:
+        return [self.checkpoint(n) for n in self.checkpoint_names(complete_only)]
+
+    def checkpoint(self, name: str) -> CheckpointMeta:
+        with _reading(self.path, f"checkpoint {name!r}"):
+            g = self._root["checkpoints"]
+            if name not in g:
+                known = ", ".join(sorted(k for k, _ in g.groups())) or "none"
+                raise NoCheckpointError(
+                    f"no checkpoint named {name!r} in store {self.path} (checkpoints: {known}); "
+                    "use one of those names"
+                )
+            return CheckpointMeta.from_dict(g[name].attrs.get(ATTR))
+
+    def has_checkpoint(self, name: str) -> bool:
+        return name in self.checkpoint_names(complete_only=False)
+
+    def put_checkpoint(self, meta: CheckpointMeta) -> None:
+        """Create or update a checkpoint entry's metadata."""
+        g = self._root.require_group("checkpoints").require_group(meta.name)
+        g.attrs[ATTR] = meta.to_dict()
+
+    def select(self, which: str) -> CheckpointMeta:
+        """Pick a complete checkpoint: "ths" (highest validation score), "tll" (lowest
+        validation loss) or a name. Ties: ths prefers the lower loss, tll the higher score,
+        then the name. Raises NoCheckpointError when none fits."""
+        done = self.checkpoints()
+        if not done:
+            raise NoCheckpointError(
+                f"store {self.path} has no complete teacher checkpoint; "
+                "add one with `logitstore build --teacher PATH`, or train with --alpha 0"
+            )
+        if which == "ths":
+            return min(done, key=lambda c: (-_num(c.val_score, -inf), _num(c.val_loss, inf), c.name))
+        if which == "tll":
+            return min(done, key=lambda c: (_num(c.val_loss, inf), -_num(c.val_score, -inf), c.name))
+        for c in done:
+            if c.name == which:
+                return c
+        raise NoCheckpointError(
+            f"no complete checkpoint named {which!r} in store {self.path}; "
+            f"use ths, tll or one of: {', '.join(c.name for c in done)}"
+        )
+
+    # ------------------------------------------------------------------ logits
+    def logits_meta(self, checkpoint: str, split: str) -> LogitsMeta | None:
+        g = self._root[f"checkpoints/{checkpoint}"]
+        if split not in g:
+            return None
+        with _reading(self.path, f"logits of {checkpoint}/{split}"):
+            return LogitsMeta.from_dict(g[split].attrs.get(ATTR))
+
+    def prepare_logits(self, checkpoint: str, split: str, rows: int, num_labels: int,
+                       encoding: str, chunk_rows: int) -> LogitsMeta:
+        """Create the logits arrays of one checkpoint and split, or return the progress of
+        an existing matching one (resume). A mismatching partial entry is started over."""
+        g = self._root[f"checkpoints/{checkpoint}"]
+        meta = self.logits_meta(checkpoint, split)
+        if meta is not None and meta.rows == rows:
+            a = g[f"{split}/logits"]
+            if a.shape == (rows, num_labels) and a.dtype == storage_dtype(encoding) and a.chunks[0] == chunk_rows:
+                return meta
+        sg = g.create_group(split, overwrite=True)
+        meta = LogitsMeta(rows=rows)
+        sg.attrs[ATTR] = meta.to_dict()
+        dt = storage_dtype(encoding)
+        fill = 0 if encoding == "int8" else float("nan")  # a missing float chunk reads as NaN
+        sg.create_array("logits", shape=(rows, num_labels), dtype=dt, chunks=(chunk_rows, num_labels),
+                        fill_value=fill, compressors=_compressors(dt.itemsize))
+        if encoding == "int8":
+            sg.create_array("scale", shape=(rows,), dtype="float32", chunks=(chunk_rows,),
+                            fill_value=float("nan"), compressors=_compressors(4))
+        return meta
+
+    def write_logits_block(self, checkpoint: str, split: str, start: int, block: Encoded) -> None:
+        """Write encoded rows [start, start + len) and record them as done (after the data)."""
+        sg = self._root[f"checkpoints/{checkpoint}/{split}"]
+        stop = start + len(block.values)
+        sg["logits"][start:stop] = block.values
+        if block.scale is not None:
+            sg["scale"][start:stop] = block.scale
+        meta = LogitsMeta.from_dict(sg.attrs.get(ATTR))
+        sg.attrs[ATTR] = replace(meta, rows_done=stop, complete=stop == meta.rows,
+                                 max_abs_err=max(meta.max_abs_err, block.max_abs_err)).to_dict()
+
+    def logits_chunk_rows(self, checkpoint: str, split: str) -> int:
+        with _reading(self.path, f"logits of {checkpoint}/{split}"):
+            return int(self._root[f"checkpoints/{checkpoint}/{split}/logits"].chunks[0])
+
+    def read_logits(self, checkpoint: str, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Decoded float32 teacher logits (rows, C) of rows [start, stop) of a split.
+
+        Raises StoreCorruptError when the entry is incomplete or a chunk is missing/corrupt.
+        """
+        meta = self.logits_meta(checkpoint, split) if self.has_checkpoint(checkpoint) else None
+        if meta is None or not meta.complete:
+            raise StoreCorruptError(
+                f"checkpoint {checkpoint!r} has no complete logits for split {split!r} in store {self.path}; "
+                "rerun `logitstore build` to finish it"
+            )
+        with _reading(self.path, f"logits of {checkpoint}/{split}"):
+            sg = self._root[f"checkpoints/{checkpoint}/{split}"]
+            values = sg["logits"][start:stop]
+            scale = sg["scale"][start:stop] if "scale" in sg else None
+        out = decode(values, scale)
+        if not np.isfinite(out).all():
+            raise StoreCorruptError(
+                f"logits of {checkpoint}/{split} in store {self.path} have missing chunks; rebuild the store"
+            )
+        return out
+
+    # ------------------------------------------------------------------ sizes
+    def nbytes_on_disk(self, prefix: str = "") -> int:
+        """Bytes of the files under the store (local stores only; 0 elsewhere)."""
+        root = Path(self.path) / prefix
+        if not root.exists():
+            return 0
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _num(x: float | None, missing: float) -> float:
+    return missing if x is None else float(x)
+
+
+def open_store(path: str | os.PathLike[str]) -> LogitStore:
+    """Open a logit store for reading; raises StoreCorruptError / FormatVersionError."""
+    return LogitStore.open(path, mode="r")
