@@ -63,7 +63,7 @@ def load_splits(cfg: DataConfig) -> dict[str, Any]:
             loaded = datasets.load_from_disk(str(src))
             dd = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
         elif src.is_file():
-            dd = {"train": _load_files(src.suffix, [src])}
+            dd = {"train": _load_files(src.suffix, [src], "train")}
         elif src.is_dir():
             files: dict[str, list[Path]] = {}
             for f in sorted(src.iterdir()):
@@ -71,7 +71,7 @@ def load_splits(cfg: DataConfig) -> dict[str, Any]:
                     files.setdefault(_ALIASES.get(f.stem, f.stem), []).append(f)
             if not files:
                 raise DataError(f"{src} holds no .csv/.json/.jsonl/.parquet files or save_to_disk dataset; point --data at one")
-            dd = {name: _load_files(fs[0].suffix, fs) for name, fs in files.items()}
+            dd = {name: _load_files(fs[0].suffix, fs, name) for name, fs in files.items()}
         elif src.suffix in _BUILDERS or cfg.source.startswith((".", "/", "~")):
             raise DataError(f"data path {src} does not exist; pass a file, a folder or a dataset name")
         else:
@@ -101,13 +101,18 @@ def load_splits(cfg: DataConfig) -> dict[str, Any]:
     return dd
 
 
-def _load_files(suffix: str, files: Sequence[Path]) -> Any:
+def _load_files(suffix: str, files: Sequence[Path], split: str) -> Any:
     import datasets
 
     builder = _BUILDERS.get(suffix)
     if builder is None:
         raise DataError(f"unsupported data file type {suffix!r}; use .csv, .json, .jsonl or .parquet")
-    return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    try:
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    except Exception:
+        if suffix != ".parquet" and all(len(f.read_text(errors="replace").strip().splitlines()) <= 1 for f in files):
+            raise DataError(f"split {split!r} is empty ({', '.join(f.name for f in files)}); remove its file or add examples")
+        raise
 
 
 def _seeded_split(dd: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:

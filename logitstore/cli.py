@@ -1,0 +1,125 @@
+"""`logitstore` command line: build, export, info. Parses flags, builds a config, calls the API.
+
+Errors of the LogitStoreError hierarchy print as one line (``error: ...``) with exit code
+2; --debug shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from logitstore.errors import LogitStoreError
+
+EPILOG = "Set LOGITSTORE_CACHE to move the ONNX export cache (default ~/.cache/logitstore)."
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="logitstore", description=
+                                "Cache teacher logits for knowledge distillation: export checkpoints to ONNX, "
+                                "run them once over a dataset, store the logits in a Zarr store.", epilog=EPILOG)
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build", help="run teacher checkpoints over a dataset and write their logits to a store",
+                       description="Tokenize the data once, export each teacher checkpoint to ONNX (parity-checked), "
+                                   "run it with ONNX Runtime and write compressed logits into the store. Rerunning "
+                                   "resumes an interrupted build; adding --teacher paths adds checkpoints.")
+    b.add_argument("--teacher", action="append", required=True, type=Path, metavar="PATH",
+                   help="a checkpoint folder (config.json + safetensors), or a training output folder whose "
+                        "checkpoint-* subfolders are checkpoints; repeat for more")
+    b.add_argument("--data", required=True, metavar="PATH",
+                   help="CSV/JSON/JSONL/parquet file, a folder of split files (train.csv, validation.csv, ...), "
+                        "a datasets save_to_disk folder, or a hub dataset name where a hub is reachable")
+    b.add_argument("--out", required=True, type=Path, metavar="STORE", help="the store folder (created or resumed)")
+    b.add_argument("--text-column", action="append", metavar="NAME",
+                   help="text column; give it twice for text pairs (default: text)")
+    b.add_argument("--label-column", default="label", metavar="NAME", help="gold label column (default: label)")
+    b.add_argument("--validation-split", default="validation", metavar="NAME",
+                   help="split used for each checkpoint's validation loss and score (default: validation)")
+    b.add_argument("--split-fractions", default="0.8,0.1,0.1", metavar="TR,VA,TE",
+                   help="train,validation,test fractions used when the data has no validation split "
+                        "(default: 0.8,0.1,0.1)")
+    b.add_argument("--split-seed", type=int, default=0, help="seed of that split (default: 0)")
+    b.add_argument("--max-length", type=int, default=128, help="truncate examples to this many tokens (default: 128)")
+    b.add_argument("--dtype", default="fp16", choices=["fp16", "fp32", "int8"],
+                   help="stored logit type: fp16 (default, lossless codec), fp32 (exact), int8 (lossy, per-row "
+                        "scale; its max error is measured and recorded)")
+    b.add_argument("--chunk-rows", type=int, default=8192, help="rows per Zarr chunk and per resumable block (default: 8192)")
+    b.add_argument("--token-budget", type=int, default=16384,
+                   help="max padded tokens per inference batch; rows are batched by length (default: 16384)")
+    b.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
+                   help="ONNX Runtime execution provider (default: auto = CUDA when working, else CPU)")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all cores)")
+    b.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1"],
+                   help="validation score that ranks checkpoints for ths (default: accuracy)")
+
+    e = sub.add_parser("export", help="export one checkpoint to ONNX and check it against PyTorch",
+                       description="Export a checkpoint to ONNX (dynamic batch and sequence axes, output 'logits'), "
+                                   "check parity with PyTorch on probe sentences, and cache it by content hash.")
+    e.add_argument("checkpoint", type=Path, help="a checkpoint folder")
+    e.add_argument("--out", type=Path, default=None, help="also copy model.onnx to this path")
+
+    i = sub.add_parser("info", help="show a store's splits, checkpoints, sizes and the ths/tll picks")
+    i.add_argument("store", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except LogitStoreError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command == "build":
+        from logitstore.build import BuildConfig, build_store
+        from logitstore.info import print_info
+
+        try:
+            fractions = tuple(float(x) for x in args.split_fractions.split(","))
+        except ValueError:
+            from logitstore.errors import DataError
+
+            raise DataError(f"--split-fractions must be three numbers like 0.8,0.1,0.1; got {args.split_fractions!r} instead")
+        cfg = BuildConfig(
+            teachers=tuple(args.teacher), data=args.data, out=args.out,
+            text_columns=tuple(args.text_column or ["text"]), label_column=args.label_column,
+            validation_split=args.validation_split, split_fractions=fractions, split_seed=args.split_seed,
+            max_length=args.max_length, encoding=args.dtype, chunk_rows=args.chunk_rows,
+            token_budget=args.token_budget, provider=args.provider, threads=args.threads, metric=args.metric,
+        )
+        result = build_store(cfg)
+        print_info(result.store)
+        return 0
+    if args.command == "export":
+        import shutil
+
+        from logitstore.export import export_checkpoint
+
+        res = export_checkpoint(args.checkpoint)
+        if args.out:
+            shutil.copyfile(res.onnx_path, args.out)
+        print(f"{'cached' if res.cached else 'exported'}: {args.out or res.onnx_path} "
+              f"(inputs {', '.join(res.input_names)}; parity max |err| {res.parity_max_abs_err:.2e})")
+        return 0
+    if args.command == "info":
+        from logitstore.info import print_info
+
+        print_info(args.store)
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
