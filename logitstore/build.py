@@ -250,7 +250,8 @@ def _fill_split(store: LogitStore, ckpt: str, data: SplitData, session: Any, cfg
     if progress.complete:
         return
     with Progress() as bar:
-        task = bar.add_task(f"{ckpt} / {data.name}", total=len(data), completed=progress.rows_done)
+        task = bar.add_task(f"{ckpt} / {data.name}", total=len(data), completed=progress.rows_done,
+                            resumed_from=progress.rows_done)
         for start in range(progress.rows_done, len(data), cfg.chunk_rows):
             rows = np.arange(start, min(start + cfg.chunk_rows, len(data)))
             logits = infer_rows(session, data.input_ids, data.offsets, data.token_type_ids, rows,

@@ -29,5 +29,8 @@ class RateColumn(rich.progress.ProgressColumn):
         self.unit = unit
 
     def render(self, task: rich.progress.Task) -> rich.text.Text:
-        speed = task.finished_speed or task.speed
+        """Average rate since the bar started (rows already done on a resume do not count)."""
+        elapsed = task.elapsed or 0.0
+        done = task.completed - task.fields.get("resumed_from", 0)
+        speed = done / elapsed if elapsed > 0 else None
         return rich.text.Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
