@@ -56,7 +56,7 @@ def make_session(onnx_path: Path, provider: str = "auto", threads: int | None = 
                 f"execution provider {provider} is not available (available: {', '.join(available)}); "
                 "install onnxruntime-gpu with matching CUDA/cuDNN, or use --provider cpu"
             )
-        wanted = [PROVIDERS[provider], PROVIDERS["cpu"]]
+        wanted = list(dict.fromkeys([PROVIDERS[provider], PROVIDERS["cpu"]]))
     else:
         raise ProviderError(f"unknown provider {provider!r}; use auto, cpu, cuda or tensorrt")
     opts = ort.SessionOptions()

@@ -196,3 +196,31 @@ def test_num_labels_must_match_store(tiny_data, tmp_path):
         build_store(BuildConfig(teachers=(tmp_path / "three", tmp_path / "two"), data=str(tiny_data), out=out))
     store = open_store(out)
     assert store.checkpoint_names(complete_only=False) == ["three"] and store.checkpoint("three").complete
+
+
+def test_provider_choice_is_checked(tiny_teachers):
+    import onnxruntime as ort
+
+    from logitstore.errors import ProviderError
+    from logitstore.infer import make_session
+
+    onnx_path = export_checkpoint(tiny_teachers / "checkpoint-10").onnx_path
+    assert make_session(onnx_path, "auto").provider in ("CPU", "CUDA")
+    assert make_session(onnx_path, "cpu").provider == "CPU"
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ProviderError, match="cuda is not available"):
+            make_session(onnx_path, "cuda")
+    with pytest.raises(ProviderError, match="unknown provider"):
+        make_session(onnx_path, "tpu")
+
+
+def test_info_and_export_commands(fp32_store, tiny_teachers, tmp_path, capsys):
+    from logitstore.cli import main
+
+    assert main(["info", str(fp32_store)]) == 0
+    out = capsys.readouterr().out
+    for needle in ("train", "120", "checkpoint-10", "checkpoint-20", "ths", "tll", "CPU", "bytes/logit", "complete"):
+        assert needle in out
+    assert main(["export", str(tiny_teachers / "checkpoint-20"), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 10_000
+    assert "parity max |err|" in capsys.readouterr().out
