@@ -1,0 +1,24 @@
+"""students: train small transformer students from a logit store (knowledge distillation).
+
+    from students import TrainConfig, train
+    result = train(TrainConfig(store="logits.zarr", out="runs/s", distance="ce", temperature=2.0,
+                               student_temperature="1", alpha=0.5, teacher="tll", layers=2))
+
+The modules, in the order data flows: data (batches from the store), teacher (cached or
+online teacher logits), model (skip-layer students), loss (the one KD loss), train (the
+recipe), cli (`students train`).
+"""
+from __future__ import annotations
+
+from students.data import Batch, LoaderConfig, SplitBatches
+from students.errors import ConfigError, OnlineTeacherError, StoreContentError, StudentInitError, StudentsError
+from students.loss import KDLossConfig, KDLossOutput, kd_loss
+from students.model import StudentInit, build_student, layer_map
+from students.train import EvalResult, TrainConfig, TrainResult, evaluate, train
+
+__version__ = "0.1.0"
+__all__ = [
+    "Batch", "ConfigError", "EvalResult", "KDLossConfig", "KDLossOutput", "LoaderConfig", "OnlineTeacherError",
+    "SplitBatches", "StoreContentError", "StudentInit", "StudentInitError", "StudentsError", "TrainConfig",
+    "TrainResult", "build_student", "evaluate", "kd_loss", "layer_map", "train",
+]

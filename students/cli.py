@@ -1,0 +1,127 @@
+"""`students` command line. Parses flags, builds a config, calls one library function.
+
+    students train --store logits.zarr --distance ce --temperature 2 --alpha 0.5 --teacher tll --layers 2 --out runs/s
+
+Errors of either package's hierarchy (logitstore.errors.LogitStoreError,
+students.errors.StudentsError) print as one line (``error: ...``) with exit code 2;
+--debug shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from logitstore.errors import LogitStoreError
+from students.errors import StudentsError
+
+USER_ERRORS = (LogitStoreError, StudentsError)
+
+
+def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    t = sub.add_parser("train", parents=[common], help="train one student from a logit store",
+                       description="Distil a K-layer student from a teacher checkpoint's cached logits: "
+                                   "L = (1 - alpha) * CE(gold, student) + alpha * tau_s^2 * D(teacher / tau_t, "
+                                   "student / tau_s). Writes the best student (by validation), its tokenizer, "
+                                   "run_config.json, metrics.jsonl and summary.json to --out.")
+    t.add_argument("--store", required=True, metavar="STORE", help="a logit store written by `logitstore build`")
+    t.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced)")
+    k = t.add_argument_group("distillation")
+    k.add_argument("--distance", default="ce", choices=["ce", "mse"],
+                   help="teacher-student distance: ce = KL between softened distributions (logged as KL, 0 at a "
+                        "match), mse = mean squared error between scaled logits (default: ce)")
+    k.add_argument("--temperature", type=float, default=2.0, metavar="TAU_T",
+                   help="teacher temperature tau_t (default: 2)")
+    k.add_argument("--student-temperature", default="teacher", choices=["1", "teacher"],
+                   help="student temperature tau_s: 1 (only the teacher is softened) or teacher (tau_s = tau_t, "
+                        "Hinton et al.) (default: teacher)")
+    k.add_argument("--alpha", type=float, default=0.5,
+                   help="weight of the distillation term; 0 = fine-tuning on labels only, 1 = no labels (default: 0.5)")
+    k.add_argument("--teacher", default="ths", metavar="ths|tll|NAME",
+                   help="teacher checkpoint: ths = highest validation score, tll = lowest validation loss, or a "
+                        "checkpoint name from `logitstore info` (default: ths)")
+    k.add_argument("--online", default=None, choices=["pytorch", "onnx"],
+                   help="run the teacher on every step (PyTorch from its checkpoint folder, or its exported ONNX "
+                        "model) instead of reading the cached logits: the baseline the cache is measured against")
+    s = t.add_argument_group("student")
+    s.add_argument("--layers", type=int, default=2, metavar="K",
+                   help="student layers; layer j is initialised from teacher layer floor((j+1)*N/K)-1 (default: 2)")
+    s.add_argument("--init", default=None, metavar="PATH",
+                   help="initialise from this transformers model folder instead of the teacher checkpoint "
+                        "(same vocabulary as the store; more layers than K are skipped the same way)")
+    o = t.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
+    o.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (replaces --epochs)")
+    o.add_argument("--batch-size", type=int, default=32, help="training batch size (default: 32)")
+    o.add_argument("--eval-batch-size", type=int, default=128, help="evaluation batch size (default: 128)")
+    o.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
+    o.add_argument("--schedule", default="linear", choices=["linear", "constant"],
+                   help="learning-rate schedule after warm-up (default: linear decay to 0)")
+    o.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps for linear warm-up (default: 0.1)")
+    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
+    o.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default: 1)")
+    o.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout and batch order (default: 0)")
+    o.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="evaluate on validation every N steps (default: at the end of each epoch)")
+    r = t.add_argument_group("runtime")
+    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    r.add_argument("--memory-budget-mb", type=float, default=1024.0,
+                   help="logits of a split larger than this are streamed by chunks instead of read into RAM "
+                        "(default: 1024)")
+    r.add_argument("--loader", default="auto", choices=["auto", "ram", "stream"],
+                   help="force reading the logits into RAM or streaming them (default: auto, by the budget)")
+    r.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="students", description=
+                                "Train small transformer students from a logit store (knowledge distillation).")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    common = argparse.ArgumentParser(add_help=False)  # --debug also accepted after the subcommand
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub, common)
+    # `sweep` (many train runs over one store, greedy or grid) and `report` (tables of a
+    # sweep folder) are added here, each as _add_<name>(sub, common) plus a branch in _run.
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from students.train import TrainConfig, train
+
+        config = TrainConfig(
+            store=args.store, out=args.out, distance=args.distance, temperature=args.temperature,
+            student_temperature=args.student_temperature, alpha=args.alpha, teacher=args.teacher,
+            layers=args.layers, init=args.init, epochs=args.epochs, batch_size=args.batch_size,
+            eval_batch_size=args.eval_batch_size, lr=args.lr, schedule=args.schedule,
+            warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+            seed=args.seed, max_steps=args.max_steps, eval_every=args.eval_every, device=args.device,
+            online=args.online, memory_budget_mb=args.memory_budget_mb, loader=args.loader,
+            progress=not args.no_progress,
+        )
+        train(config)
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the weight-loading bars would interleave with ours
+    try:
+        return _run(args)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

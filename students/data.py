@@ -1,0 +1,185 @@
+"""Batches from a logit store: token ids, labels and one checkpoint's logits, aligned by row.
+
+The row order of an epoch is a pure function of (rows, chunk layout, mode, seed, epoch),
+computed before anything is read, so cached and online training see the same batches:
+
+* in RAM (the logits fit the memory budget): a permutation of all rows, seeded by
+  ``seed + epoch``;
+* streamed (they do not): the logits chunks in a random order, taken ``buffer_chunks``
+  at a time; each buffer's rows are shuffled and read as whole chunks (random row access
+  straight from zarr is ~100x slower than whole chunks).
+
+Either way every row appears exactly once per epoch. The token ids come from
+``LogitStore.read_split`` (always in RAM); only the logits are streamed. Batches are padded
+to their own longest row.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData
+from students.errors import ConfigError
+
+MODES = ("auto", "ram", "stream")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How batches are drawn. ``memory_budget_bytes`` bounds the decoded (float32) logits
+    held in RAM for one split; ``mode`` forces "ram" or "stream" instead of deciding by it."""
+
+    batch_size: int = 32
+    seed: int = 0
+    memory_budget_bytes: int = 1 << 30
+    mode: str = "auto"
+    buffer_chunks: int = 4
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        problems = loader_config_problems(self.batch_size, self.memory_budget_bytes, self.mode, self.buffer_chunks)
+        if problems:
+            raise ConfigError("invalid loader settings: " + "; ".join(problems))
+
+
+def loader_config_problems(batch_size: int, memory_budget_bytes: int, mode: str, buffer_chunks: int) -> list[str]:
+    """Every problem with these loader settings, each ending "Got X instead"."""
+    problems = []
+    if batch_size < 1:
+        problems.append(f"batch size must be >= 1. Got {batch_size} instead")
+    if memory_budget_bytes < 0:
+        problems.append(f"memory budget must be >= 0. Got {memory_budget_bytes} bytes instead")
+    if mode not in MODES:
+        problems.append(f"loader mode must be one of {', '.join(MODES)}. Got {mode!r} instead")
+    if buffer_chunks < 1:
+        problems.append(f"shuffle buffer must hold >= 1 chunk. Got {buffer_chunks} instead")
+    return problems
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One padded batch. ``rows`` are the split's row numbers of the examples."""
+
+    rows: torch.Tensor  # (B,) int64
+    input_ids: torch.Tensor  # (B, T) int64
+    attention_mask: torch.Tensor  # (B, T) int64
+    token_type_ids: torch.Tensor  # (B, T) int64
+    labels: torch.Tensor  # (B,) int64
+    teacher_logits: torch.Tensor | None  # (B, C) float32
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(self.rows, move(self.input_ids), move(self.attention_mask), move(self.token_type_ids),
+                     move(self.labels), move(self.teacher_logits))
+
+
+def collate(split: SplitData, rows: np.ndarray, logits: np.ndarray | None, pad_id: int) -> Batch:
+    """Pad ``rows`` (B,) of ``split`` to their longest row; ``logits`` (B, C) aligned to rows."""
+    starts = split.offsets[rows]  # (B,)
+    lengths = split.offsets[rows + 1] - starts  # (B,)
+    width = int(lengths.max())
+    pos = np.arange(width)[None, :]  # (1, T)
+    mask = pos < lengths[:, None]  # (B, T)
+    idx = np.where(mask, starts[:, None] + pos, 0)  # (B, T) flat token positions
+    ids = np.where(mask, split.input_ids[idx], pad_id).astype(np.int64)  # (B, T)
+    if split.token_type_ids is not None:
+        types = np.where(mask, split.token_type_ids[idx], 0).astype(np.int64)  # (B, T)
+    else:
+        types = np.zeros_like(ids)  # (B, T)
+    return Batch(
+        rows=torch.from_numpy(rows.astype(np.int64)),
+        input_ids=torch.from_numpy(ids),
+        attention_mask=torch.from_numpy(mask.astype(np.int64)),
+        token_type_ids=torch.from_numpy(types),
+        labels=torch.from_numpy(split.labels[rows].astype(np.int64)),
+        teacher_logits=None if logits is None else torch.from_numpy(np.ascontiguousarray(logits, np.float32)),
+    )
+
+
+class SplitBatches:
+    """The batches of one split, epoch by epoch.
+
+    ``checkpoint`` names the checkpoint whose logits are aligned to the rows; its chunk
+    layout decides the row order even when ``read_logits`` is False (online KD, alpha 0),
+    so that a run without stored logits sees exactly the batches of one with them.
+    With ``checkpoint`` None the split is served in RAM with no logits.
+    """
+
+    def __init__(self, store: LogitStore, split: SplitData, checkpoint: str | None,
+                 cfg: LoaderConfig, shuffle: bool = True, read_logits: bool = True) -> None:
+        self.store = store
+        self.split = split
+        self.checkpoint = checkpoint
+        self.cfg = cfg
+        self.shuffle = shuffle
+        self.read_logits = read_logits and checkpoint is not None
+        self.rows = len(split)
+        self.chunk_rows = (store.logits_chunk_rows(checkpoint, split.name) if checkpoint is not None
+                           else DEFAULT_LOGIT_CHUNK_ROWS)
+        num_labels = store.meta.num_labels
+        if cfg.mode == "auto":
+            self.streamed = checkpoint is not None and self.rows * num_labels * 4 > cfg.memory_budget_bytes
+        else:
+            self.streamed = cfg.mode == "stream" and checkpoint is not None
+        self._logits: np.ndarray | None = None
+        if self.read_logits and not self.streamed:
+            self._logits = store.read_logits(checkpoint, split.name)  # (R, C)
+
+    def __len__(self) -> int:
+        return -(-self.rows // self.cfg.batch_size)
+
+    def _chunk_groups(self, epoch: int) -> list[np.ndarray]:
+        """The row numbers of each shuffle buffer of ``epoch``, in reading order."""
+        rng = np.random.default_rng(self.cfg.seed + epoch)
+        if not self.streamed:
+            return [rng.permutation(self.rows) if self.shuffle else np.arange(self.rows)]
+        n_chunks = -(-self.rows // self.chunk_rows)
+        chunk_order = rng.permutation(n_chunks) if self.shuffle else np.arange(n_chunks)
+        groups = []
+        for g in range(0, n_chunks, self.cfg.buffer_chunks):
+            chunks = np.sort(chunk_order[g:g + self.cfg.buffer_chunks])  # read in disk order
+            rows = np.concatenate([np.arange(c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.rows))
+                                   for c in chunks])
+            groups.append(rng.permutation(rows) if self.shuffle else rows)
+        return groups
+
+    def order(self, epoch: int) -> np.ndarray:
+        """(R,) the rows of ``epoch`` in the order batches take them."""
+        return np.concatenate(self._chunk_groups(epoch))
+
+    def _buffer_logits(self, rows: np.ndarray) -> np.ndarray:
+        """Read the whole chunks holding ``rows`` and return their logits (len(rows), C)."""
+        chunk_of_row = rows // self.chunk_rows  # (n,)
+        chunks = np.unique(chunk_of_row)  # sorted: read in disk order
+        parts = [self.store.read_logits(self.checkpoint, self.split.name, int(c) * self.chunk_rows,
+                                        min((int(c) + 1) * self.chunk_rows, self.rows)) for c in chunks]
+        starts = np.cumsum([0] + [len(p) for p in parts[:-1]])  # (n_chunks,) offset of each chunk in block
+        block = np.concatenate(parts)  # (rows in these chunks, C)
+        pos = starts[np.searchsorted(chunks, chunk_of_row)] + rows % self.chunk_rows  # (n,)
+        return block[pos]
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """Yield the batches of ``epoch`` (the last one may be smaller)."""
+        bs = self.cfg.batch_size
+        pending_rows = np.empty(0, dtype=np.int64)
+        pending_logits: np.ndarray | None = None
+        for rows in self._chunk_groups(epoch):
+            logits = None
+            if self.read_logits:
+                logits = self._logits[rows] if self._logits is not None else self._buffer_logits(rows)  # (n, C)
+            pending_rows = np.concatenate([pending_rows, rows])
+            if logits is not None:
+                pending_logits = logits if pending_logits is None else np.concatenate([pending_logits, logits])
+            while len(pending_rows) >= bs:
+                yield collate(self.split, pending_rows[:bs], None if pending_logits is None else pending_logits[:bs],
+                              self.cfg.pad_id)
+                pending_rows = pending_rows[bs:]
+                pending_logits = None if pending_logits is None else pending_logits[bs:]
+        if len(pending_rows):
+            yield collate(self.split, pending_rows, pending_logits, self.cfg.pad_id)

@@ -1,0 +1,28 @@
+"""Errors the student side raises. The CLI turns each into one line and a non-zero exit.
+
+Every message names the problem and the fix. The classes also inherit the builtin that
+fits, so callers may catch ``ValueError`` or ``RuntimeError`` as usual. Errors about the
+store itself (missing, corrupt, unknown format version, no such checkpoint) come from
+``logitstore.errors`` and are passed through unchanged.
+"""
+from __future__ import annotations
+
+
+class StudentsError(Exception):
+    """Base class: an error with a message meant for a user, printed without a traceback."""
+
+
+class ConfigError(StudentsError, ValueError):
+    """A training configuration is invalid; the message lists every problem found."""
+
+
+class StudentInitError(StudentsError, ValueError):
+    """The student cannot be built: too many layers, an incompatible --init model, ..."""
+
+
+class StoreContentError(StudentsError, LookupError):
+    """The store lacks something training needs (a train split, a teacher checkpoint)."""
+
+
+class OnlineTeacherError(StudentsError, RuntimeError):
+    """The teacher cannot be run online (no source checkpoint, no exported ONNX model)."""

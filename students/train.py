@@ -1,0 +1,414 @@
+"""Train one student from a logit store: the recipe behind `students train`.
+
+    open store -> choose teacher checkpoint -> batches -> KD loss -> AdamW step -> evaluate
+    -> keep the best student by validation -> write OUT
+
+OUT holds the student (``save_pretrained``: config.json + weights, loadable by
+transformers) with the store's tokenizer, ``run_config.json`` (the resolved run config:
+every setting, the chosen checkpoint, the student's layer map), ``metrics.jsonl`` (one
+line per evaluation) and ``summary.json``. The run config is not called config.json
+because that name belongs to the transformers model config in the same folder.
+
+``online`` runs the teacher on every batch instead of reading its logits: the same
+batches, the same torch RNG use, the same loss; only the source of z_t differs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from logitstore.errors import NoCheckpointError
+from logitstore.format import CheckpointMeta
+from logitstore.metrics import METRICS, accuracy, macro_f1
+from logitstore.store import LogitStore, SplitData, open_store
+from students.data import Batch, LoaderConfig, SplitBatches, loader_config_problems
+from students.errors import ConfigError, StoreContentError
+from students.loss import KDLossConfig, kd_loss, loss_config_problems
+from students.model import StudentInit, build_student, forward_kwargs
+from students.teacher import ONLINE_KINDS, CachedTeacher, Teacher, online_teacher
+
+SCHEDULES = ("linear", "constant")
+TRAIN_SPLIT = "train"
+TEST_SPLIT = "test"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of one training run; validated at construction (one ConfigError
+    listing every problem).
+
+    ``teacher`` is "ths" (highest validation score), "tll" (lowest validation loss) or a
+    checkpoint name. ``max_steps`` (when set) replaces ``epochs`` as the length of the run.
+    ``eval_every`` is in steps; None evaluates at the end of every epoch. ``loader``
+    "auto" reads the logits into RAM when they fit ``memory_budget_mb`` and streams them
+    otherwise.
+    """
+
+    store: str
+    out: str
+    distance: str = "ce"
+    temperature: float = 2.0
+    student_temperature: str = "teacher"
+    alpha: float = 0.5
+    teacher: str = "ths"
+    layers: int = 2
+    init: str | None = None
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 1e-4
+    schedule: str = "linear"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    max_steps: int | None = None
+    eval_every: int | None = None
+    device: str = "auto"
+    online: str | None = None
+    memory_budget_mb: float = 1024.0
+    loader: str = "auto"
+    buffer_chunks: int = 4
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        p = loss_config_problems(self.distance, self.temperature, self.student_temperature, self.alpha)
+        p += loader_config_problems(self.batch_size, int(self.memory_budget_mb * 2**20), self.loader, self.buffer_chunks)
+        if not self.teacher:
+            p.append("teacher must be ths, tll or a checkpoint name. Got an empty string instead")
+        for name in ("layers", "epochs", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                p.append(f"{name.replace('_', ' ')} must be >= 1. Got {getattr(self, name)} instead")
+        for name in ("max_steps", "eval_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                p.append(f"{name.replace('_', ' ')} must be >= 1 or unset. Got {getattr(self, name)} instead")
+        if not self.lr > 0:
+            p.append(f"learning rate must be > 0. Got {self.lr} instead")
+        if self.schedule not in SCHEDULES:
+            p.append(f"schedule must be one of {', '.join(SCHEDULES)}. Got {self.schedule!r} instead")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            p.append(f"warmup ratio must be in [0, 1). Got {self.warmup_ratio} instead")
+        if self.weight_decay < 0 or self.max_grad_norm <= 0:
+            p.append(f"weight decay must be >= 0 and max grad norm > 0. Got {self.weight_decay} and "
+                     f"{self.max_grad_norm} instead")
+        if self.online is not None and self.online not in ONLINE_KINDS:
+            p.append(f"online must be one of {', '.join(ONLINE_KINDS)} or unset. Got {self.online!r} instead")
+        if not (self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda")):
+            p.append(f"device must be auto, cpu, cuda[:N] or mps. Got {self.device!r} instead")
+        if p:
+            raise ConfigError("invalid training config: " + "; ".join(p))
+
+    @property
+    def loss(self) -> KDLossConfig:
+        return KDLossConfig(self.distance, self.temperature, self.student_temperature, self.alpha)
+
+    def loader_config(self, pad_id: int) -> LoaderConfig:
+        return LoaderConfig(self.batch_size, self.seed, int(self.memory_budget_mb * 2**20), self.loader,
+                            self.buffer_chunks, pad_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Metrics of the student on one split. ``kd`` is tau_s**2 * KL (or MSE) to the teacher,
+    None when no teacher logits are available for the split."""
+
+    split: str
+    examples: int
+    accuracy: float
+    macro_f1: float
+    ce: float
+    kd: float | None
+
+    def score(self, metric: str) -> float:
+        return float(getattr(self, metric))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run did. ``losses`` holds the training loss of every step."""
+
+    out: Path
+    checkpoint: str | None
+    metric: str
+    steps: int
+    best_step: int
+    best: EvalResult
+    test: EvalResult | None
+    losses: list[float]
+    train_seconds: float
+    examples_per_s: float
+
+
+@torch.no_grad()
+def evaluate(student: torch.nn.Module, batches: SplitBatches, teacher: Teacher | None,
+             cfg: KDLossConfig, device: torch.device) -> EvalResult:
+    """Accuracy, macro-F1, gold CE and (with a teacher) the KD distance over one split."""
+    was_training = student.training
+    student.eval()
+    preds, golds, ce_sum, kd_sum = [], [], 0.0, 0.0
+    for batch in batches.epoch(0):
+        batch = batch.to(device)
+        z_s = student(**forward_kwargs(student, batch)).logits  # (B, C)
+        z_t = teacher.logits(batch) if teacher is not None else None  # (B, C)
+        out = kd_loss(z_s, batch.labels, z_t, cfg)
+        ce_sum += float(out.ce) * len(batch)
+        kd_sum += float(out.kd) * len(batch) if out.kd is not None else 0.0
+        preds.append(z_s.argmax(-1).cpu().numpy())
+        golds.append(batch.labels.cpu().numpy())
+    student.train(was_training)
+    pred, gold = np.concatenate(preds), np.concatenate(golds)  # (N,) each
+    n = len(gold)
+    return EvalResult(batches.split.name, n, accuracy(pred, gold), macro_f1(pred, gold, z_s.shape[-1]),
+                      ce_sum / n, kd_sum / n if teacher is not None else None)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} was asked for but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+def choose_checkpoint(store: LogitStore, config: TrainConfig) -> CheckpointMeta | None:
+    """The teacher checkpoint of the run, or None (alpha 0 with --init: no teacher needed)."""
+    if config.alpha > 0 or config.online is not None:
+        return store.select(config.teacher)
+    if config.init is not None:
+        return None
+    try:
+        return store.select(config.teacher)
+    except NoCheckpointError as exc:
+        raise StoreContentError(
+            f"store {store.path} has no teacher checkpoint to initialise the student from; "
+            "pass --init PATH (a transformers model with the store's tokenizer)"
+        ) from exc
+
+
+def _read_split(store: LogitStore, name: str) -> SplitData:
+    if name not in store.split_names():
+        raise StoreContentError(
+            f"store {store.path} has no complete {name!r} split (splits: {', '.join(store.split_names()) or 'none'}); "
+            f"rebuild it with data that has a {name} split"
+        )
+    return store.read_split(name)
+
+
+def _has_logits(store: LogitStore, ckpt: CheckpointMeta | None, split: str) -> bool:
+    meta = store.logits_meta(ckpt.name, split) if ckpt is not None else None
+    return meta is not None and meta.complete
+
+
+def _vocab_size(store: LogitStore, ckpt: CheckpointMeta | None) -> int:
+    """The vocabulary size the store's token ids were made for: the teacher's, else the tokenizer's."""
+    if ckpt is not None:
+        from transformers import AutoConfig
+
+        try:
+            return int(AutoConfig.from_pretrained(ckpt.source_path).vocab_size)
+        except Exception:  # source folder gone: fall back to the tokenizer the store holds
+            pass
+    return len(store.load_tokenizer())
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim < 2 else decay).append(p)  # no decay on biases and LayerNorm weights
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    warmup = round(config.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if config.schedule == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _progress(enabled: bool, console: Console) -> Progress:
+    return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                    TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console,
+                    disable=not enabled)
+
+
+@dataclass
+class _Run:
+    """Everything a run needs, resolved from its config before the first step."""
+
+    store: LogitStore
+    ckpt: CheckpointMeta | None
+    metric: str
+    device: torch.device
+    student: torch.nn.Module
+    init: StudentInit
+    train_teacher: Teacher | None
+    train_batches: SplitBatches
+    evals: list[tuple[SplitBatches, Teacher | None]]  # validation first, then test if present
+
+
+def _prepare(config: TrainConfig, console: Console) -> _Run:
+    device = resolve_device(config.device)
+    store = open_store(config.store)
+    ckpt = choose_checkpoint(store, config)
+    metric = ckpt.metric if ckpt is not None else "accuracy"
+    if metric not in METRICS:
+        raise StoreContentError(f"the store's task metric {metric!r} is not one of {', '.join(METRICS)}; "
+                                "update students or rebuild the store")
+    if ckpt is not None:
+        console.print(f"teacher checkpoint: {ckpt.name} (--teacher {config.teacher}; val_loss={ckpt.val_loss}, "
+                      f"{metric}={ckpt.val_score}, encoding={ckpt.encoding})")
+    train_split = _read_split(store, TRAIN_SPLIT)
+    eval_names = [store.meta.validation_split] + [TEST_SPLIT] * (TEST_SPLIT in store.split_names())
+
+    # The online teacher is loaded before torch is seeded, so it cannot shift the student's RNG.
+    online = online_teacher(config.online, ckpt, device) if config.online is not None else None
+    torch.manual_seed(config.seed)
+    student, init = build_student(config.init or ckpt.source_path, config.layers, store.meta.label_names,
+                                  _vocab_size(store, ckpt))
+    student.to(device).train()
+
+    name = ckpt.name if ckpt is not None else None
+    loader = config.loader_config(store.meta.pad_token_id)
+    train_batches = SplitBatches(store, train_split, name, loader, shuffle=True,
+                                 read_logits=config.alpha > 0 and online is None)
+    train_teacher = None if config.alpha == 0 else online or CachedTeacher()  # alpha 0: no teacher logits
+    eval_loader = replace(loader, batch_size=config.eval_batch_size)
+    evals = []
+    for split in (_read_split(store, n) for n in eval_names):
+        # The KD distance on an eval split: the online teacher, else the stored logits where the split has them.
+        cached = online is None and _has_logits(store, ckpt, split.name)
+        evals.append((SplitBatches(store, split, name if cached else None, eval_loader, shuffle=False),
+                      online or (CachedTeacher() if cached else None)))
+    return _Run(store, ckpt, metric, device, student, init, train_teacher, train_batches, evals)
+
+
+def _eval_due(step: int, total_steps: int, steps_per_epoch: int, eval_every: int | None) -> bool:
+    if step == total_steps:
+        return True
+    return step % eval_every == 0 if eval_every else step % steps_per_epoch == 0
+
+
+def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
+    """Run ``config``: train, evaluate, keep the best student by validation and write OUT.
+
+    Raises logitstore errors for an unusable store (missing, corrupt, unknown format
+    version, no such checkpoint) and students errors for everything else the user can fix.
+    """
+    console = console or Console()
+    run = _prepare(config, console)
+    loss_cfg, student, name = config.loss, run.student, run.ckpt.name if run.ckpt else None
+    steps_per_epoch = len(run.train_batches)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    opt, sched = _optimizer(student, config, total_steps)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {**config.to_dict(), "checkpoint": name, "checkpoint_meta": run.ckpt.to_dict() if run.ckpt else None,
+                "tau_t": loss_cfg.tau_t, "tau_s": loss_cfg.tau_s, "metric": run.metric, "device": str(run.device),
+                "student_init": asdict(run.init), "train_rows": len(run.train_batches.split),
+                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                "streamed": run.train_batches.streamed, "store_meta": run.store.meta.to_dict()}
+    (out / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+
+    losses: list[float] = []
+    best: tuple[float, int, EvalResult, dict[str, torch.Tensor]] | None = None
+    running = _Running()
+    step, epoch, examples, eval_seconds = 0, 0, 0, 0.0
+    started = time.perf_counter()
+    with open(out / "metrics.jsonl", "w") as log, _progress(config.progress, console) as bar:
+        task = bar.add_task("train", total=total_steps, rate="", loss="-")
+        while step < total_steps:
+            for batch in run.train_batches.epoch(epoch):
+                parts = _train_step(student, run.train_teacher, batch.to(run.device), config, loss_cfg, opt, sched)
+                step += 1
+                examples += len(batch)
+                losses.append(parts[0])
+                running.add(*parts)
+                rate = step / (time.perf_counter() - started - eval_seconds)
+                bar.update(task, advance=1, rate=f"{rate:.2f} steps/s", loss=f"{parts[0]:.4f}")
+                if _eval_due(step, total_steps, steps_per_epoch, config.eval_every):
+                    tick = time.perf_counter()
+                    result = evaluate(student, *run.evals[0], loss_cfg, run.device)
+                    line = {"step": step, "epoch": epoch + 1, **asdict(result), **running.means(),
+                            "lr": sched.get_last_lr()[0]}
+                    log.write(json.dumps(line) + "\n")
+                    log.flush()
+                    running = _Running()
+                    if best is None or result.score(run.metric) > best[0]:  # ties keep the earlier student
+                        state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+                        best = (result.score(run.metric), step, result, state)
+                    eval_seconds += time.perf_counter() - tick
+                if step == total_steps:
+                    break
+            epoch += 1
+    train_seconds = time.perf_counter() - started - eval_seconds
+
+    _, best_step, best_result, state = best
+    student.load_state_dict(state)
+    test = evaluate(student, *run.evals[1], loss_cfg, run.device) if len(run.evals) > 1 else None
+    student.save_pretrained(out)
+    run.store.save_tokenizer(out)
+    result = TrainResult(out, name, run.metric, step, best_step, best_result, test, losses, train_seconds,
+                         examples / train_seconds)
+    summary = {"checkpoint": name, "metric": run.metric, "steps": step, "best_step": best_step,
+               "best_validation": asdict(best_result), "test": asdict(test) if test else None,
+               "final_train_loss": losses[-1], "train_seconds": round(train_seconds, 3),
+               "examples_per_s": round(result.examples_per_s, 2)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(f"best {run.metric} on {best_result.split}: {best_result.score(run.metric):.4f} at step "
+                  f"{best_step}" + (f"; test {run.metric}: {test.score(run.metric):.4f}" if test else "")
+                  + f"; wrote {out}")
+    return result
+
+
+def _train_step(student: torch.nn.Module, teacher: Teacher | None, batch: Batch, config: TrainConfig,
+                loss_cfg: KDLossConfig, opt: torch.optim.Optimizer, sched: Any) -> tuple[float, float, float]:
+    """One optimizer step on ``batch``; returns (loss, ce, kd) as floats (nan for a part not computed)."""
+    z_s = student(**forward_kwargs(student, batch)).logits  # (B, C)
+    z_t = teacher.logits(batch) if teacher is not None else None  # (B, C)
+    out = kd_loss(z_s, batch.labels if config.alpha < 1 else None, z_t, loss_cfg)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)
+    opt.step()
+    sched.step()
+    as_float = lambda t: math.nan if t is None else t.item()  # noqa: E731
+    return out.loss.item(), as_float(out.ce), as_float(out.kd)
+
+
+class _Running:
+    """Means of the training loss parts since the last evaluation (logged as train_*)."""
+
+    def __init__(self) -> None:
+        self.sums = [0.0, 0.0, 0.0]
+        self.n = 0
+
+    def add(self, loss: float, ce: float, kd: float) -> None:
+        self.sums = [a + b for a, b in zip(self.sums, (loss, ce, kd))]
+        self.n += 1
+
+    def means(self) -> dict[str, float | None]:
+        keys = ("train_loss", "train_ce", "train_kd")
+        return {k: (None if math.isnan(v) else v / max(1, self.n)) for k, v in zip(keys, self.sums)}
+
+
