@@ -41,6 +41,8 @@ class BuildConfig:
     teachers: tuple[Path, ...]
     data: str
     out: Path
+    tokenizer: Path | None = None
+    labels: tuple[str, ...] | None = None
     text_columns: tuple[str, ...] = ("text",)
     label_column: str = "label"
     validation_split: str = "validation"
@@ -60,8 +62,8 @@ class BuildConfig:
         object.__setattr__(self, "teachers", tuple(Path(t) for t in self.teachers))
         object.__setattr__(self, "text_columns", tuple(self.text_columns))
         problems = []
-        if not self.teachers:
-            problems.append("give at least one --teacher")
+        if not self.teachers and self.tokenizer is None:
+            problems.append("give at least one --teacher, or --tokenizer for a store of token ids only")
         if self.encoding not in ENCODINGS:
             problems.append(f"--dtype must be one of {', '.join(ENCODINGS)}; got {self.encoding!r} instead")
         if self.chunk_rows < 1:
@@ -88,17 +90,24 @@ class BuildResult:
 def build_store(cfg: BuildConfig) -> BuildResult:
     """Build (or resume, or extend) the store at ``cfg.out``. Raises LogitStoreError subclasses."""
     t0 = time.perf_counter()
-    ckpts = discover(list(cfg.teachers))
-    tok_dir = _tokenizer_folder(ckpts)
+    ckpts = discover(list(cfg.teachers)) if cfg.teachers else []
+    tok_dir = Path(cfg.tokenizer) if cfg.tokenizer is not None else _tokenizer_folder(ckpts)
     from transformers import AutoConfig, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    model_cfg = AutoConfig.from_pretrained(ckpts[0].path)
-    names = [model_cfg.id2label[i] for i in range(model_cfg.num_labels)]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load a tokenizer from {tok_dir} ({type(exc).__name__}); "
+                              "pass a folder with tokenizer files") from exc
+    model_cfg = AutoConfig.from_pretrained(ckpts[0].path) if ckpts else None
+    if cfg.labels:
+        names: list[str] | None = list(cfg.labels)
+    else:
+        names = [model_cfg.id2label[i] for i in range(model_cfg.num_labels)] if model_cfg else None
     with console.status("reading and tokenizing the data"):
         raw = load_splits(cfg.data_config)
         label_names, label_map = resolve_labels(raw, cfg.label_column, names)
-        input_names = _input_names(model_cfg)
+        input_names = _input_names(model_cfg, tokenizer)
         splits, hashes = {}, {}
         for name, ds in raw.items():
             splits[name], hashes[name] = tokenize_split(name, ds, tokenizer, cfg.data_config, label_map, input_names)
@@ -137,8 +146,10 @@ def _tokenizer_folder(ckpts: list[Checkpoint]) -> Path:
     )
 
 
-def _input_names(model_cfg: Any) -> tuple[str, ...]:
-    return ("input_ids", "attention_mask") + (("token_type_ids",) if getattr(model_cfg, "type_vocab_size", 0) else ())
+def _input_names(model_cfg: Any, tokenizer: Any) -> tuple[str, ...]:
+    types = getattr(model_cfg, "type_vocab_size", 0) if model_cfg is not None \
+        else "token_type_ids" in tokenizer.model_input_names
+    return ("input_ids", "attention_mask") + (("token_type_ids",) if types else ())
 
 
 def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> LogitStore:
@@ -224,6 +235,12 @@ def _check_teacher(ck: Checkpoint, meta: StoreMeta, tokenizer: Any) -> None:
         raise StoreMismatchError(
             f"checkpoint {ck.name} has {cfg.num_labels} labels but the store has {meta.num_labels} "
             f"({', '.join(meta.label_names)}); use a teacher with the store's label set or a new --out"
+        )
+    names = [cfg.id2label[i] for i in range(cfg.num_labels)]
+    if names != list(meta.label_names) and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        raise StoreMismatchError(
+            f"checkpoint {ck.name} has labels {', '.join(names)} but the store has {', '.join(meta.label_names)} "
+            "(names and order must match); use a teacher trained on the store's labels or a new --out"
         )
     if (ck.path / "tokenizer_config.json").exists() or (ck.path / "tokenizer.json").exists():
         fp = tokenizer_fingerprint(AutoTokenizer.from_pretrained(ck.path))

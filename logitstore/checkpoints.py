@@ -32,7 +32,8 @@ def is_checkpoint(folder: Path) -> bool:
 def discover(paths: list[Path]) -> list[Checkpoint]:
     """Expand ``--teacher`` paths into checkpoints with unique names, in the order given.
 
-    A folder named ``checkpoint-N`` keeps that name; a collision between runs is resolved
+    A folder with ``checkpoint-*`` subfolders stands for those checkpoints (a final model
+    saved beside them is not one of them). A folder named ``checkpoint-N`` keeps that name; a collision between runs is resolved
     by prefixing the run folder's name. Raises CheckpointError for a path that is neither.
     """
     found: list[tuple[Path, int | None]] = []
@@ -40,19 +41,20 @@ def discover(paths: list[Path]) -> list[Checkpoint]:
         p = Path(p)
         if not p.exists():
             raise CheckpointError(f"teacher path {p} does not exist; pass a checkpoint folder or a training output folder")
+        subs = sorted((s for s in p.glob("checkpoint-*") if s.is_dir()), key=lambda s: (_step(s) or 0, s.name))
+        good = [s for s in subs if is_checkpoint(s)]
+        if good:  # a training output folder: its checkpoints, not the final model beside them
+            found.extend((s, _step(s)) for s in good)
+            continue
         if is_checkpoint(p):
             found.append((p, _step(p)))
             continue
-        subs = sorted((s for s in p.glob("checkpoint-*") if s.is_dir()), key=lambda s: (_step(s) or 0, s.name))
-        good = [s for s in subs if is_checkpoint(s)]
-        if not good:
-            pickled = " (only pytorch_model.bin: re-save it with save_pretrained(safe_serialization=True))" \
-                if any(p.glob("**/pytorch_model.bin")) else ""
-            raise CheckpointError(
-                f"{p} is not a checkpoint: it needs config.json and *.safetensors weights, or checkpoint-* "
-                f"subfolders that have them{pickled}; pass a folder saved by save_pretrained or Trainer"
-            )
-        found.extend((s, _step(s)) for s in good)
+        pickled = " (only pytorch_model.bin: re-save it with save_pretrained(safe_serialization=True))" \
+            if any(p.glob("**/pytorch_model.bin")) else ""
+        raise CheckpointError(
+            f"{p} is not a checkpoint: it needs config.json and *.safetensors weights, or checkpoint-* "
+            f"subfolders that have them{pickled}; pass a folder saved by save_pretrained or Trainer"
+        )
     names = [f.name for f, _ in found]
     out: list[Checkpoint] = []
     for (folder, step), name in zip(found, names):

@@ -26,9 +26,14 @@ def _parser() -> argparse.ArgumentParser:
                        description="Tokenize the data once, export each teacher checkpoint to ONNX (parity-checked), "
                                    "run it with ONNX Runtime and write compressed logits into the store. Rerunning "
                                    "resumes an interrupted build; adding --teacher paths adds checkpoints.")
-    b.add_argument("--teacher", action="append", required=True, type=Path, metavar="PATH",
+    b.add_argument("--teacher", action="append", default=[], type=Path, metavar="PATH",
                    help="a checkpoint folder (config.json + safetensors), or a training output folder whose "
                         "checkpoint-* subfolders are checkpoints; repeat for more")
+    b.add_argument("--tokenizer", type=Path, default=None, metavar="PATH",
+                   help="tokenizer folder (default: the first teacher's); with no --teacher, builds a store of "
+                        "token ids only, e.g. to fine-tune a teacher with `students train --alpha 0`")
+    b.add_argument("--labels", default=None, metavar="A,B,...",
+                   help="label names in id order (default: the teacher's id2label, or the data's sorted labels)")
     b.add_argument("--data", required=True, metavar="PATH",
                    help="CSV/JSON/JSONL/parquet file, a folder of split files (train.csv, validation.csv, ...), "
                         "a datasets save_to_disk folder, or a hub dataset name where a hub is reachable")
@@ -93,7 +98,8 @@ def _run(args: argparse.Namespace) -> int:
 
             raise DataError(f"--split-fractions must be three numbers like 0.8,0.1,0.1; got {args.split_fractions!r} instead")
         cfg = BuildConfig(
-            teachers=tuple(args.teacher), data=args.data, out=args.out,
+            teachers=tuple(args.teacher), data=args.data, out=args.out, tokenizer=args.tokenizer,
+            labels=tuple(args.labels.split(",")) if args.labels else None,
             text_columns=tuple(args.text_column or ["text"]), label_column=args.label_column,
             validation_split=args.validation_split, split_fractions=fractions, split_seed=args.split_seed,
             max_length=args.max_length, encoding=args.dtype, chunk_rows=args.chunk_rows,

@@ -130,19 +130,24 @@ def _seeded_split(dd: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
     return {k: only.select(np.sort(v)) for k, v in parts.items() if len(v) > 0}
 
 
-def resolve_labels(dd: dict[str, Any], label_column: str, model_names: list[str]) -> tuple[list[str], dict[Any, int]]:
+def resolve_labels(dd: dict[str, Any], label_column: str,
+                   model_names: list[str] | None) -> tuple[list[str], dict[Any, int]]:
     """Label names of the store and a map from the dataset's label values to ids.
 
-    The teacher's ``id2label`` wins when it has real names; then string labels must be
-    among them. With generic names (LABEL_0...), string labels are sorted and must be
-    as many as the teacher's outputs; integer labels must lie in [0, num_labels).
+    ``model_names`` (the teacher's ``id2label``, or ``--labels``) wins when it has real
+    names; then string labels must be among them. With generic names (LABEL_0...),
+    string labels are sorted and must be as many as the teacher's outputs; integer labels
+    must lie in [0, num_labels). With no names at all (a store of token ids only), the
+    data's own label set is used: ClassLabel names, sorted strings, or 0..max for ints.
     Raises DataError naming the unknown labels.
     """
     import datasets
 
+    feature = next(iter(dd.values())).features[label_column]
+    if model_names is None:
+        model_names = _data_label_names(dd, label_column, feature)
     n = len(model_names)
     generic = all(name == f"LABEL_{i}" for i, name in enumerate(model_names))
-    feature = next(iter(dd.values())).features[label_column]
     if isinstance(feature, datasets.ClassLabel):
         values: set[Any] = set(feature.names)
         mapper_src = {i: name for i, name in enumerate(feature.names)}
@@ -178,6 +183,17 @@ def resolve_labels(dd: dict[str, Any], label_column: str, model_names: list[str]
     if mapper_src is not None:
         return names, {k: ids[v] for k, v in mapper_src.items()}
     return names, {v: ids[str(v)] for v in values}
+
+
+def _data_label_names(dd: dict[str, Any], label_column: str, feature: Any) -> list[str]:
+    import datasets
+
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    values = sorted({v for ds in dd.values() for v in ds.unique(label_column) if v is not None}, key=str)
+    if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return [f"LABEL_{i}" for i in range(int(max(values)) + 1)]
+    return sorted(str(v) for v in values)
 
 
 def tokenize_split(name: str, ds: Any, tokenizer: Any, cfg: DataConfig, label_map: dict[Any, int],

@@ -224,3 +224,32 @@ def test_info_and_export_commands(fp32_store, tiny_teachers, tmp_path, capsys):
     assert main(["export", str(tiny_teachers / "checkpoint-20"), "--out", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 10_000
     assert "parity max |err|" in capsys.readouterr().out
+
+
+def test_token_only_store_then_teachers_added(tiny_teachers, tiny_data, tmp_path):
+    from logitstore.errors import StoreMismatchError
+
+    out = tmp_path / "ids.zarr"
+    r = build_store(BuildConfig(teachers=(), tokenizer=tiny_teachers / "checkpoint-10", labels=tuple(LABELS),
+                                data=str(tiny_data), out=out))
+    assert r.built == []
+    store = open_store(out)
+    assert store.meta.label_names == LABELS and store.checkpoint_names() == []
+    assert len(store.read_split("train")) == 120
+    build_store(BuildConfig(teachers=(tiny_teachers,), data=str(tiny_data), out=out))
+    assert open_store(out).checkpoint_names() == ["checkpoint-10", "checkpoint-20"]
+    # a teacher whose label names come in another order is refused, not silently misaligned
+    make_teacher(tmp_path / "reordered", seed=3, label_names=[LABELS[1], LABELS[0], LABELS[2]])
+    with pytest.raises(StoreMismatchError, match="names and order must match"):
+        build_store(BuildConfig(teachers=(tmp_path / "reordered",), data=str(tiny_data), out=out,
+                                labels=tuple(LABELS)))
+
+
+def test_training_folder_means_its_checkpoints(tiny_teachers, tmp_path):
+    from logitstore.checkpoints import discover
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_teachers, run)
+    make_teacher(run, seed=9)  # a final model saved beside the checkpoints
+    assert [c.name for c in discover([run])] == ["checkpoint-10", "checkpoint-20"]
+    assert [c.name for c in discover([run / "checkpoint-20"])] == ["checkpoint-20"]
