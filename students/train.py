@@ -50,7 +50,9 @@ class TrainConfig:
     checkpoint name. ``max_steps`` (when set) replaces ``epochs`` as the length of the run.
     ``eval_every`` is in steps; None evaluates at the end of every epoch. ``loader``
     "auto" reads the logits into RAM when they fit ``memory_budget_mb`` and streams them
-    otherwise.
+    otherwise. ``save_checkpoints`` also saves the student at every evaluation as
+    ``OUT/checkpoint-<step>`` (the transformers layout), e.g. when fine-tuning a teacher
+    with alpha 0 whose checkpoints then go into the store.
     """
 
     store: str
@@ -79,6 +81,7 @@ class TrainConfig:
     loader: str = "auto"
     buffer_chunks: int = 4
     progress: bool = True
+    save_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         p = loss_config_problems(self.distance, self.temperature, self.student_temperature, self.alpha)
@@ -354,6 +357,9 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
                     log.write(json.dumps(line) + "\n")
                     log.flush()
                     running = _Running()
+                    if config.save_checkpoints:  # OUT/checkpoint-<step>: a teacher run `logitstore build` reads
+                        student.save_pretrained(out / f"checkpoint-{step}")
+                        run.store.save_tokenizer(out / f"checkpoint-{step}")
                     if best is None or result.score(run.metric) > best[0]:  # ties keep the earlier student
                         state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
                         best = (result.score(run.metric), step, result, state)
