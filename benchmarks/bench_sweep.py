@@ -1,0 +1,105 @@
+"""Sweep benchmark on the real MiniLM-L6 teacher and real Rotten Tomatoes data.
+
+In one run:
+  1. a grid sweep of N configurations from the store (`run_sweep`, wall seconds);
+  2. the same N runs as bare `train()` calls (cached logits): the sweep machinery's
+     per-configuration overhead = (sweep wall - sum of bare wall) / N, as % of training;
+  3. the same N runs with online KD (PyTorch teacher on every step): total seconds and the
+     online / cached ratio (runs with alpha = 0 need no teacher and are the same both ways).
+
+    python benchmarks/bench_sweep.py --examples 1000 --max-steps 30
+
+Prints a markdown table and writes it to --report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+
+from logitstore.assets import ASSETS, RT_LABELS, fetch, minilm_classifier, rotten_tomatoes_splits
+from logitstore.build import BuildConfig, build_store
+from students.sweep import SweepConfig, load_space, run_sweep
+from students.train import TrainConfig, train
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--examples", type=int, default=1000, help="examples from the corpus (default 1000)")
+    p.add_argument("--max-steps", type=int, default=30, help="training steps per run (default 30)")
+    p.add_argument("--layers", type=int, default=1, help="student layers (default 1)")
+    p.add_argument("--cache", type=Path, default=Path(".cache/assets"))
+    p.add_argument("--report", type=Path, default=Path("benchmarks/results/sweep.md"))
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    model = fetch(ASSETS["minilm"], args.cache)
+    data = rotten_tomatoes_splits(fetch(ASSETS["rotten-tomatoes"], args.cache), tmp / "rt", limit=args.examples)
+    teacher = minilm_classifier(model, args.cache / "minilm-l6-rt3", RT_LABELS)
+    store = tmp / "store.zarr"
+    build_store(BuildConfig(teachers=(teacher,), data=str(data), out=store))
+
+    space = load_space(None, {"distance": "ce,mse", "alpha": "0.5,0.9", "temperature": "2",
+                              "student_temperature": "teacher", "teacher": "ths", "layers": str(args.layers),
+                              "seeds": "1"})
+    template = TrainConfig(store=str(store), out=str(tmp / "unused"), max_steps=args.max_steps, progress=False)
+    quiet = Console(quiet=True)
+    t = time.perf_counter()
+    run_sweep(SweepConfig(str(store), str(tmp / "sweep"), "grid", space, 1, template), console=quiet)
+    sweep_wall = time.perf_counter() - t
+    records = [json.loads(line) for line in (tmp / "sweep" / "results.jsonl").read_text().splitlines()]
+    configs = [json.loads((tmp / "sweep" / "runs" / r["key"] / "run_config.json").read_text()) for r in records]
+    fields = set(TrainConfig.__dataclass_fields__)
+    n = len(configs)
+
+    bare, online = 0.0, 0.0
+    cached_kd, online_kd = 0.0, 0.0
+    for i, c in enumerate(configs):  # interleaved: bare cached run, then the same run online
+        cfg = TrainConfig(**{k: v for k, v in c.items() if k in fields})
+        t = time.perf_counter()
+        train(replace(cfg, out=str(tmp / f"bare-{i}")), console=quiet)
+        dt_cached = time.perf_counter() - t
+        bare += dt_cached
+        if cfg.alpha > 0:
+            t = time.perf_counter()
+            train(replace(cfg, out=str(tmp / f"online-{i}"), online="pytorch"), console=quiet)
+            dt_online = time.perf_counter() - t
+            cached_kd += dt_cached
+            online_kd += dt_online
+            online += dt_online
+        else:
+            online += dt_cached
+    train_s = sum(r["train_seconds"] for r in records)
+    overhead = (sweep_wall - bare) / n
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores; MiniLM-L6 teacher, {args.layers}-layer students, "
+        f"{args.examples} Rotten Tomatoes examples, {args.max_steps} steps per run; grid of {n} runs "
+        "(ce/mse x alpha 0.5/0.9 plus the Hinton, recommended and no-KD baselines).",
+        "",
+        "| what | seconds |",
+        "|---|---:|",
+        f"| sweep from the store ({n} runs, wall) | {sweep_wall:.1f} |",
+        f"| the same {n} runs as bare `train()` calls (wall) | {bare:.1f} |",
+        f"| sweep machinery overhead per run | {overhead:+.2f} ({100 * overhead * n / bare:+.1f}% of bare runs; "
+        f"target < 5%) |",
+        f"| the same {n} runs with online KD (PyTorch teacher each step) | {online:.1f} |",
+        f"| online / cached, whole sweep | {online / bare:.2f}x |",
+        f"| online / cached, KD runs only | {online_kd / max(cached_kd, 1e-9):.2f}x |",
+        "",
+        f"Student-training seconds recorded by the sweep (excluding setup and evaluation): {train_s:.1f}.",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
