@@ -20,6 +20,20 @@ from students.errors import StudentsError
 USER_ERRORS = (LogitStoreError, StudentsError)
 
 
+def _add_optimisation(o: argparse._ArgumentGroup) -> None:
+    """The optimisation flags `train` and `sweep` share."""
+    o.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
+    o.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (replaces --epochs)")
+    o.add_argument("--batch-size", type=int, default=32, help="training batch size (default: 32)")
+    o.add_argument("--eval-batch-size", type=int, default=128, help="evaluation batch size (default: 128)")
+    o.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
+    o.add_argument("--schedule", default="linear", choices=["linear", "constant"],
+                   help="learning-rate schedule after warm-up (default: linear decay to 0)")
+    o.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps for linear warm-up (default: 0.1)")
+    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
+    o.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default: 1)")
+
+
 def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", parents=[common], help="train one student from a logit store",
                        description="Distil a K-layer student from a teacher checkpoint's cached logits: "
@@ -52,16 +66,7 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                    help="initialise from this transformers model folder instead of the teacher checkpoint "
                         "(same vocabulary as the store; more layers than K are skipped the same way)")
     o = t.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
-    o.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (replaces --epochs)")
-    o.add_argument("--batch-size", type=int, default=32, help="training batch size (default: 32)")
-    o.add_argument("--eval-batch-size", type=int, default=128, help="evaluation batch size (default: 128)")
-    o.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
-    o.add_argument("--schedule", default="linear", choices=["linear", "constant"],
-                   help="learning-rate schedule after warm-up (default: linear decay to 0)")
-    o.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps for linear warm-up (default: 0.1)")
-    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
-    o.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default: 1)")
+    _add_optimisation(o)
     o.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout and batch order (default: 0)")
     o.add_argument("--eval-every", type=int, default=None, metavar="N",
                    help="evaluate on validation every N steps (default: at the end of each epoch)")
@@ -114,16 +119,7 @@ def _add_sweep(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                    help="run N configurations at once in separate processes, each with cores/N torch threads "
                         "(default: 1, in this process)")
     o = w.add_argument_group("training options of every run (as in `students train`)")
-    o.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
-    o.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (replaces --epochs)")
-    o.add_argument("--batch-size", type=int, default=32, help="training batch size (default: 32)")
-    o.add_argument("--eval-batch-size", type=int, default=128, help="evaluation batch size (default: 128)")
-    o.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
-    o.add_argument("--schedule", default="linear", choices=["linear", "constant"],
-                   help="learning-rate schedule after warm-up (default: linear decay to 0)")
-    o.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps for linear warm-up (default: 0.1)")
-    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
-    o.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default: 1)")
+    _add_optimisation(o)
     o.add_argument("--eval-every", type=int, default=None, metavar="N",
                    help="evaluate on validation every N steps (default: at the end of each epoch)")
     o.add_argument("--init", default=None, metavar="PATH",
