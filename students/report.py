@@ -235,7 +235,7 @@ def plot_rewards(report: SweepReport, path: Path) -> Path:
     ax.set_xlabel(f"R = validation {report.metric}: alternative − default")
     ax.set_title(f"Reward per KD parameter ({report.strategy} sweep; error bars: seed spread)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # nothing cut off at the edges
     plt.close(fig)
     return path
 
@@ -272,7 +272,7 @@ def plot_metrics(report: SweepReport, path: Path) -> Path:
     ax.set_title(f"{report.metric} per configuration ({report.strategy} sweep{more})")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # nothing cut off at the edges
     plt.close(fig)
     return path
 
