@@ -16,10 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/demo}"
 EXAMPLES="${EXAMPLES:-1500}"            # examples from the corpus ("all" = 13.8k), split 80/10/10
-TEACHER_EPOCHS="${TEACHER_EPOCHS:-2}"
+TEACHER_EPOCHS="${TEACHER_EPOCHS:-3}"
 TEACHER_LR="${TEACHER_LR:-1e-4}"
 TEACHER_EVALS="${TEACHER_EVALS:-3}"     # teacher checkpoints saved (one per evaluation)
 STUDENT_EPOCHS="${STUDENT_EPOCHS:-1}"
+STUDENT_LR="${STUDENT_LR:-5e-4}"
 STUDENT_LAYERS="${STUDENT_LAYERS:-1 2 3}"
 SWEEP_LAYERS="${SWEEP_LAYERS:-1}"
 SWEEP_SEEDS="${SWEEP_SEEDS:-1}"
@@ -68,13 +69,14 @@ stage "logit store from every teacher checkpoint" "$out/.store-complete" \
 for k in $STUDENT_LAYERS; do
   stage "student, $k layer(s), KD (tll, CE, tau_t 2, tau_s 1, alpha 0.5)" "$out/students/L$k-kd/summary.json" \
     students train --store "$store" --out "$out/students/L$k-kd" --alpha 0.5 --layers "$k" --teacher tll \
-      --distance ce --temperature 2 --student-temperature 1 --epochs "$STUDENT_EPOCHS" --no-progress
+      --distance ce --temperature 2 --student-temperature 1 --epochs "$STUDENT_EPOCHS" --lr "$STUDENT_LR" \
+      --no-progress
 done
 
 stage "greedy sweep (layers $SWEEP_LAYERS)" "$out/sweep/.complete" \
   bash -c "students sweep --store '$store' --out '$out/sweep' --strategy greedy --layers '$SWEEP_LAYERS' \
     --temperature '$SWEEP_TEMPERATURES' --alpha '$SWEEP_ALPHAS' --seeds '$SWEEP_SEEDS' \
-    --epochs '$STUDENT_EPOCHS' && touch '$out/sweep/.complete'"
+    --epochs '$STUDENT_EPOCHS' --lr '$STUDENT_LR' && touch '$out/sweep/.complete'"
 
 students report "$out/sweep"
 logitstore info "$store"
