@@ -198,7 +198,7 @@ def _build_checkpoint(store: LogitStore, ck: Checkpoint, cfg: BuildConfig,
     val = splits[store.meta.validation_split]
     sample = _sample_batches(val, store.meta.pad_token_id, tuple(store.meta.input_names))
     with console.status(f"exporting {ck.name} to ONNX"):
-        exp = export_checkpoint(ck.path, sample, cfg.parity_tolerance)
+        exp = export_checkpoint(ck.path, sample, cfg.parity_tolerance, weights_sha=wsha)
     session = make_session(exp.onnx_path, cfg.provider, cfg.threads)
     parity = exp.parity_max_abs_err
     if session.provider != "CPU":  # the parity that counts is the one of the provider that runs

@@ -107,14 +107,16 @@ def probe_inputs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndar
 
 
 def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None = None,
-                      tolerance: float = PARITY_TOLERANCE, cache_dir: Path | None = None) -> ExportResult:
+                      tolerance: float = PARITY_TOLERANCE, cache_dir: Path | None = None,
+                      weights_sha: str | None = None) -> ExportResult:
     """Export ``folder`` to ONNX (or reuse the cached export) and parity-check it on CPU.
 
     ``sample``: padded int64 batches keyed by input name (real inputs); built-in probe
-    sentences when None. Raises ExportError when the parity error exceeds ``tolerance``.
+    sentences when None. ``weights_sha``: the folder's weights_sha256 when the caller has
+    it already. Raises ExportError when the parity error exceeds ``tolerance``.
     """
     folder = Path(folder)
-    wsha = weights_sha256(folder)
+    wsha = weights_sha or weights_sha256(folder)
     key = hashlib.sha256(f"{wsha}|{_EXPORTER_TAG}|torch{torch.__version__}".encode()).hexdigest()[:24]
     target = (cache_dir or cache_root() / "onnx") / key
     onnx_path, info_path = target / "model.onnx", target / "export.json"
