@@ -60,6 +60,9 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "teachers", tuple(Path(t) for t in self.teachers))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.tokenizer is not None:
+            object.__setattr__(self, "tokenizer", Path(self.tokenizer))
         object.__setattr__(self, "text_columns", tuple(self.text_columns))
         problems = []
         if not self.teachers and self.tokenizer is None:

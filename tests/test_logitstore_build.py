@@ -253,3 +253,9 @@ def test_training_folder_means_its_checkpoints(tiny_teachers, tmp_path):
     make_teacher(run, seed=9)  # a final model saved beside the checkpoints
     assert [c.name for c in discover([run])] == ["checkpoint-10", "checkpoint-20"]
     assert [c.name for c in discover([run / "checkpoint-20"])] == ["checkpoint-20"]
+
+
+def test_build_config_takes_plain_strings(tiny_teachers, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the README's API example, with str paths
+    build_store(BuildConfig(teachers=[str(tiny_teachers / "checkpoint-10")], data=str(tiny_data), out="logits.zarr"))
+    assert open_store("logits.zarr").checkpoint_names() == ["checkpoint-10"]
