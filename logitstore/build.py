@@ -17,18 +17,19 @@ import numpy as np
 
 from logitstore import __version__
 from logitstore.checkpoints import Checkpoint, discover, weights_sha256
-from logitstore.data import (DataConfig, dataset_fingerprint, load_splits, resolve_labels, tokenize_split,
-                             tokenizer_fingerprint)
+from logitstore.data import (DEFAULT_COLUMNS, DataConfig, dataset_fingerprint, load_splits, resolve_labels,
+                             resolve_tag_labels, tokenize_split, tokenizer_fingerprint)
 from logitstore.encode import encode
 from logitstore.format import ENCODINGS
-from logitstore.errors import (CheckpointError, DataError, StoreCorruptError, StoreMismatchError,
-                               TeacherOutputError)
+from logitstore.errors import (CheckpointError, DataError, LogitStoreError, StoreCorruptError,
+                               StoreMismatchError, TeacherOutputError)
 from logitstore.export import PARITY_TOLERANCE, export_checkpoint, load_model, parity_error
 from logitstore.format import CheckpointMeta, StoreMeta
 from logitstore.infer import infer_rows, make_session, pad_batch, plan_batches
-from logitstore.metrics import classification_scores
+from logitstore.metrics import task_scores
 from logitstore.progress import Progress, console
 from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData
+from logitstore.tasks import TASKS, get_task, task_of_architecture
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "added_tokens.json")
@@ -36,15 +37,20 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """Everything ``logitstore build`` needs; validated at construction."""
+    """Everything ``logitstore build`` needs; validated at construction.
+
+    ``task`` None means the task the teachers' config.architectures name (else sequence
+    classification); ``text_columns``, ``label_column`` and ``metric`` None mean the task's
+    defaults (data.DEFAULT_COLUMNS; tasks.TASKS[task].metrics[0]). ``stride``: QA only.
+    """
 
     teachers: tuple[Path, ...]
     data: str
     out: Path
     tokenizer: Path | None = None
     labels: tuple[str, ...] | None = None
-    text_columns: tuple[str, ...] = ("text",)
-    label_column: str = "label"
+    text_columns: tuple[str, ...] | None = None
+    label_column: str | None = None
     validation_split: str = "validation"
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_seed: int = 0
@@ -55,7 +61,9 @@ class BuildConfig:
     provider: str = "auto"
     threads: int | None = None
     parity_tolerance: float = PARITY_TOLERANCE
-    metric: str = "accuracy"
+    metric: str | None = None
+    task: str | None = None
+    stride: int = 32
     data_config: DataConfig = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -63,7 +71,15 @@ class BuildConfig:
         object.__setattr__(self, "out", Path(self.out))
         if self.tokenizer is not None:
             object.__setattr__(self, "tokenizer", Path(self.tokenizer))
-        object.__setattr__(self, "text_columns", tuple(self.text_columns))
+        try:
+            task = get_task(self.task).name if self.task else teachers_task(self.teachers)
+        except ValueError as exc:
+            raise DataError(f"--task: {exc}") from exc
+        object.__setattr__(self, "task", task)
+        cols, label_col = DEFAULT_COLUMNS[task]
+        object.__setattr__(self, "text_columns", tuple(self.text_columns or cols))
+        object.__setattr__(self, "label_column", self.label_column or label_col)
+        object.__setattr__(self, "metric", self.metric or TASKS[task].default_metric)
         problems = []
         if not self.teachers and self.tokenizer is None:
             problems.append("give at least one --teacher, or --tokenizer for a store of token ids only")
@@ -73,13 +89,30 @@ class BuildConfig:
             problems.append(f"--chunk-rows must be >= 1; got {self.chunk_rows} instead")
         if self.token_budget < self.max_length:
             problems.append(f"--token-budget must be >= --max-length ({self.max_length}); got {self.token_budget} instead")
-        if self.metric not in ("accuracy", "macro_f1"):
-            problems.append(f"--metric must be accuracy or macro_f1; got {self.metric!r} instead")
+        if self.metric not in TASKS[task].metrics:
+            problems.append(f"--metric must be one of {', '.join(TASKS[task].metrics)} for {task}; "
+                            f"got {self.metric!r} instead")
         if problems:
             raise DataError("; ".join(problems))
         object.__setattr__(self, "data_config", DataConfig(
             str(self.data), self.text_columns, self.label_column, self.validation_split,
-            tuple(self.split_fractions), self.split_seed, self.max_length))
+            tuple(self.split_fractions), self.split_seed, self.max_length, task, self.stride))
+
+
+def teachers_task(teachers: tuple[Path, ...]) -> str:
+    """The task the first teacher config found names (checkpoint-* subfolders included)."""
+    import json
+
+    for t in teachers:
+        for cfg in [t / "config.json", *sorted(t.glob("checkpoint-*/config.json"))]:
+            if cfg.is_file():
+                try:
+                    task = task_of_architecture(json.loads(cfg.read_text()).get("architectures"))
+                except ValueError:
+                    continue
+                if task:
+                    return task
+    return "sequence-classification"
 
 
 @dataclass(frozen=True)
@@ -94,6 +127,7 @@ def build_store(cfg: BuildConfig) -> BuildResult:
     """Build (or resume, or extend) the store at ``cfg.out``. Raises LogitStoreError subclasses."""
     t0 = time.perf_counter()
     ckpts = discover(list(cfg.teachers)) if cfg.teachers else []
+    _check_tasks(ckpts, cfg.task, cfg.out)
     tok_dir = Path(cfg.tokenizer) if cfg.tokenizer is not None else _tokenizer_folder(ckpts)
     from transformers import AutoConfig, AutoTokenizer
 
@@ -109,18 +143,24 @@ def build_store(cfg: BuildConfig) -> BuildResult:
         names = [model_cfg.id2label[i] for i in range(model_cfg.num_labels)] if model_cfg else None
     with console.status("reading and tokenizing the data"):
         raw = load_splits(cfg.data_config)
-        label_names, label_map = resolve_labels(raw, cfg.label_column, names)
+        if cfg.task == "token-classification":
+            label_names, label_map = resolve_tag_labels(raw, cfg.label_column, names)
+        elif cfg.task == "question-answering":
+            label_names, label_map = ["start", "end"], {}
+        else:
+            label_names, label_map = resolve_labels(raw, cfg.label_column, names)
         input_names = _input_names(model_cfg, tokenizer)
         splits, hashes = {}, {}
         for name, ds in raw.items():
             splits[name], hashes[name] = tokenize_split(name, ds, tokenizer, cfg.data_config, label_map, input_names)
     meta = StoreMeta(
-        task="sequence-classification", label_names=label_names, text_columns=list(cfg.text_columns),
+        task=cfg.task, label_names=label_names, text_columns=list(cfg.text_columns),
         label_column=cfg.label_column, max_length=cfg.max_length,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         dataset_fingerprint=dataset_fingerprint(hashes, cfg.data_config), input_names=list(input_names),
         validation_split=cfg.validation_split, created_by=f"logitstore {__version__}",
         pad_token_id=int(tokenizer.pad_token_id or 0),
+        stride=cfg.stride if cfg.task == "question-answering" else None,
     )
     store = _open_or_create(cfg.out, meta, hashes)
     for name, data in splits.items():
@@ -136,6 +176,36 @@ def build_store(cfg: BuildConfig) -> BuildResult:
         else:
             skipped.append(ck.name)
     return BuildResult(cfg.out, built, skipped, time.perf_counter() - t0)
+
+
+def _check_tasks(ckpts: list[Checkpoint], task: str, out: Path) -> None:
+    """Refuse, before any data is read, a teacher whose config.architectures name another
+    task than the store at ``out`` holds (or, for a new store, than the build's task), and
+    a --task other than the existing store's."""
+    import json
+
+    held = None
+    if (out / "zarr.json").is_file():
+        try:
+            held = LogitStore.open(out).meta.task
+        except LogitStoreError:
+            held = None  # _open_or_create reports an unreadable store
+    for ck in ckpts:
+        try:
+            arch = json.loads((ck.path / "config.json").read_text()).get("architectures") or []
+        except (OSError, ValueError):
+            continue  # loading the checkpoint reports it
+        found = task_of_architecture(arch)
+        if found is not None and found != (held or task):
+            where = f"store {out} holds {held}" if held else f"this build is {task} (--task)"
+            raise StoreMismatchError(
+                f"checkpoint {ck.name} is a {found} model ({arch[0]}) but {where}; build it into a store "
+                f"of its own task (a new --out, --task {found})"
+            )
+    if held is not None and held != task:
+        raise StoreMismatchError(
+            f"store {out} holds {held} but this build is {task}; pass --task {held} or build into a new --out"
+        )
 
 
 def _tokenizer_folder(ckpts: list[Checkpoint]) -> Path:
@@ -162,7 +232,8 @@ def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> Logi
         raise StoreCorruptError(f"{path} exists and is not a logit store; choose another --out or remove it")
     store = LogitStore.open(path, mode="r+")
     old = store.meta
-    checks = [("tokenizer", old.tokenizer_fingerprint, meta.tokenizer_fingerprint),
+    checks = [("task", old.task, meta.task), ("QA stride", old.stride, meta.stride),
+              ("tokenizer", old.tokenizer_fingerprint, meta.tokenizer_fingerprint),
               ("label set", old.label_names, meta.label_names),
               ("text columns", old.text_columns, meta.text_columns),
               ("label column", old.label_column, meta.label_column),
@@ -201,11 +272,12 @@ def _build_checkpoint(store: LogitStore, ck: Checkpoint, cfg: BuildConfig,
     val = splits[store.meta.validation_split]
     sample = _sample_batches(val, store.meta.pad_token_id, tuple(store.meta.input_names))
     with console.status(f"exporting {ck.name} to ONNX"):
-        exp = export_checkpoint(ck.path, sample, cfg.parity_tolerance, weights_sha=wsha)
+        exp = export_checkpoint(ck.path, sample, cfg.parity_tolerance, weights_sha=wsha, task=store.meta.task)
     session = make_session(exp.onnx_path, cfg.provider, cfg.threads)
     parity = exp.parity_max_abs_err
     if session.provider != "CPU":  # the parity that counts is the one of the provider that runs
-        parity = max(parity, parity_error(load_model(ck.path), session.session, sample, exp.input_names))
+        parity = max(parity, parity_error(load_model(ck.path, store.meta.task), session.session, sample,
+                                          exp.input_names, store.meta.task))
         if parity > cfg.parity_tolerance:
             raise CheckpointError(f"{session.provider} execution of {ck.name} differs from PyTorch by {parity:.3g}; "
                                   "use --provider cpu")
@@ -215,12 +287,13 @@ def _build_checkpoint(store: LogitStore, ck: Checkpoint, cfg: BuildConfig,
         name=ck.name, source_path=str(ck.path), weights_sha256=wsha, num_labels=store.meta.num_labels,
         encoding=cfg.encoding, parity_max_abs_err=parity, parity_tolerance=cfg.parity_tolerance,
         provider=session.provider, onnx_path=str(exp.onnx_path), metric=cfg.metric, step=ck.step,
+        layout=store.meta.layout,
     )
     store.put_checkpoint(meta)
     for name, data in splits.items():
         _fill_split(store, ck.name, data, session, cfg)
     errs = [store.logits_meta(ck.name, s).max_abs_err for s in splits]
-    scores = classification_scores(store.read_logits(ck.name, val.name), val.labels)
+    scores = task_scores(store.meta.task, store.read_logits(ck.name, val.name), val, store.meta.label_names)
     meta = replace(meta, val_loss=scores["loss"], val_score=scores[cfg.metric],
                    val_scores={k: v for k, v in scores.items() if k != "loss"}, encode_max_abs_err=max(errs),
                    build_seconds=round(time.perf_counter() - t0, 3), complete=True)
@@ -234,13 +307,23 @@ def _check_teacher(ck: Checkpoint, meta: StoreMeta, tokenizer: Any) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     cfg = AutoConfig.from_pretrained(ck.path)
-    if cfg.num_labels != meta.num_labels:
+    task = task_of_architecture(getattr(cfg, "architectures", None))
+    if task is not None and task != meta.task:
+        raise StoreMismatchError(
+            f"checkpoint {ck.name} is a {task} model ({cfg.architectures[0]}) but the store holds {meta.task}; "
+            "build it into a store of its own task (--task)"
+        )
+    if meta.task == "question-answering":
+        if cfg.num_labels != 2:
+            raise StoreMismatchError(f"checkpoint {ck.name} has {cfg.num_labels} outputs per token; "
+                                     "a QA teacher has 2 (start, end)")
+    elif cfg.num_labels != meta.num_labels:
         raise StoreMismatchError(
             f"checkpoint {ck.name} has {cfg.num_labels} labels but the store has {meta.num_labels} "
             f"({', '.join(meta.label_names)}); use a teacher with the store's label set or a new --out"
         )
     names = [cfg.id2label[i] for i in range(cfg.num_labels)]
-    if names != list(meta.label_names) and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+    if meta.task != "question-answering" and names != list(meta.label_names) and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
         raise StoreMismatchError(
             f"checkpoint {ck.name} has labels {', '.join(names)} but the store has {', '.join(meta.label_names)} "
             "(names and order must match); use a teacher trained on the store's labels or a new --out"
@@ -266,7 +349,11 @@ def _sample_batches(split: SplitData, pad_id: int, names: tuple[str, ...], rows:
 
 
 def _fill_split(store: LogitStore, ckpt: str, data: SplitData, session: Any, cfg: BuildConfig) -> None:
-    progress = store.prepare_logits(ckpt, data.name, len(data), store.meta.num_labels, cfg.encoding, cfg.chunk_rows)
+    """Run the teacher over a split in blocks of ``chunk_rows`` rows, writing each block and
+    then its progress; the token layout writes each block's rows' tokens end to end."""
+    per_token = store.meta.layout == "token"
+    progress = store.prepare_logits(ckpt, data.name, len(data), store.meta.num_labels, cfg.encoding, cfg.chunk_rows,
+                                    tokens=int(data.offsets[-1]) if per_token else None)
     if progress.complete:
         return
     with Progress() as bar:
@@ -275,12 +362,16 @@ def _fill_split(store: LogitStore, ckpt: str, data: SplitData, session: Any, cfg
         for start in range(progress.rows_done, len(data), cfg.chunk_rows):
             rows = np.arange(start, min(start + cfg.chunk_rows, len(data)))
             logits = infer_rows(session, data.input_ids, data.offsets, data.token_type_ids, rows,
-                                store.meta.pad_token_id, cfg.token_budget, lambda n: bar.advance(task, n))
-            finite = np.isfinite(logits).all(axis=1)  # (R,)
+                                store.meta.pad_token_id, cfg.token_budget, lambda n: bar.advance(task, n),
+                                per_token=per_token)  # (rows, C), or (their tokens, C)
+            finite = np.isfinite(logits).all(axis=1)
             if not finite.all():
-                bad = int(rows[np.argmin(finite)])
+                where = int(np.argmin(finite))
+                bad = int(rows[np.searchsorted(data.offsets[rows + 1] - data.offsets[start], where, side="right")]
+                          if per_token else rows[where])
                 raise TeacherOutputError(
                     f"checkpoint {ckpt} gave NaN or inf logits on split {data.name!r}, example id "
                     f"{int(data.example_ids[bad])}; check its weights (a diverged step?) and leave it out"
                 )
-            store.write_logits_block(ckpt, data.name, start, encode(logits, cfg.encoding))
+            first = int(data.offsets[start]) if per_token else start
+            store.write_logits_block(ckpt, data.name, first, encode(logits, cfg.encoding), rows_done=int(rows[-1]) + 1)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from logitstore.errors import LogitStoreError
+from logitstore.tasks import TASKS
 
 EPILOG = "Set LOGITSTORE_CACHE to move the ONNX export cache (default ~/.cache/logitstore)."
 
@@ -36,11 +37,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="label names in id order (default: the teacher's id2label, or the data's sorted labels)")
     b.add_argument("--data", required=True, metavar="PATH",
                    help="CSV/JSON/JSONL/parquet file, a folder of split files (train.csv, validation.csv, ...), "
-                        "a datasets save_to_disk folder, or a hub dataset name where a hub is reachable")
+                        "a datasets save_to_disk folder, or a hub dataset name where a hub is reachable; "
+                        "NER: also CoNLL two-column .conll/.txt files; QA: also SQuAD .json files")
+    b.add_argument("--task", default=None, choices=["classification", "ner", "qa", *TASKS],
+                   help="classification (one label per example), ner (BIO tag per word: per-token logits) or "
+                        "qa (extractive: start/end logits per token); default: what the teacher's "
+                        "config.architectures says, else classification")
+    b.add_argument("--stride", type=int, default=32,
+                   help="QA: tokens shared by consecutive windows of a context longer than --max-length "
+                        "(default: 32)")
     b.add_argument("--out", required=True, type=Path, metavar="STORE", help="the store folder (created or resumed)")
     b.add_argument("--text-column", action="append", metavar="NAME",
-                   help="text column; give it twice for text pairs (default: text)")
-    b.add_argument("--label-column", default="label", metavar="NAME", help="gold label column (default: label)")
+                   help="text column; give it twice for text pairs (default: text; ner: tokens; "
+                        "qa: question, context)")
+    b.add_argument("--label-column", default=None, metavar="NAME",
+                   help="gold label column (default: label; ner: ner_tags; qa: answers)")
     b.add_argument("--validation-split", default="validation", metavar="NAME",
                    help="split used for each checkpoint's validation loss and score (default: validation)")
     b.add_argument("--split-fractions", default="0.8,0.1,0.1", metavar="TR,VA,TE",
@@ -57,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider (default: auto = CUDA when working, else CPU)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all cores)")
-    b.add_argument("--metric", default="accuracy", choices=["accuracy", "macro_f1"],
-                   help="validation score that ranks checkpoints for ths (default: accuracy)")
+    b.add_argument("--metric", default=None, choices=sorted({m for t in TASKS.values() for m in t.metrics}),
+                   help="validation score that ranks checkpoints for ths (default: accuracy; ner: entity f1; "
+                        "qa: f1)")
 
     e = sub.add_parser("export", help="export one checkpoint to ONNX and check it against PyTorch",
                        description="Export a checkpoint to ONNX (dynamic batch and sequence axes, output 'logits'), "
@@ -100,10 +112,11 @@ def _run(args: argparse.Namespace) -> int:
         cfg = BuildConfig(
             teachers=tuple(args.teacher), data=args.data, out=args.out, tokenizer=args.tokenizer,
             labels=tuple(args.labels.split(",")) if args.labels else None,
-            text_columns=tuple(args.text_column or ["text"]), label_column=args.label_column,
+            text_columns=tuple(args.text_column) if args.text_column else None, label_column=args.label_column,
             validation_split=args.validation_split, split_fractions=fractions, split_seed=args.split_seed,
             max_length=args.max_length, encoding=args.dtype, chunk_rows=args.chunk_rows,
             token_budget=args.token_budget, provider=args.provider, threads=args.threads, metric=args.metric,
+            task=args.task, stride=args.stride,
         )
         result = build_store(cfg)
         print_info(result.store)
@@ -113,7 +126,9 @@ def _run(args: argparse.Namespace) -> int:
 
         from logitstore.export import export_checkpoint
 
-        res = export_checkpoint(args.checkpoint)
+        from logitstore.build import teachers_task
+
+        res = export_checkpoint(args.checkpoint, task=teachers_task((args.checkpoint,)))
         if args.out:
             shutil.copyfile(res.onnx_path, args.out)
         print(f"{'cached' if res.cached else 'exported'}: {args.out or res.onnx_path} "

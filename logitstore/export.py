@@ -30,6 +30,7 @@ import torch
 
 from logitstore.checkpoints import weights_sha256
 from logitstore.errors import CheckpointError, ExportError
+from logitstore.tasks import auto_model_class, get_task, model_logits
 
 PARITY_TOLERANCE = 1e-3
 OPSET = 17
@@ -57,19 +58,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("LOGITSTORE_CACHE", Path.home() / ".cache" / "logitstore"))
 
 
-def load_model(folder: Path) -> Any:
-    """The checkpoint as an eval-mode AutoModelForSequenceClassification (eager attention)."""
-    from transformers import AutoModelForSequenceClassification
+def load_model(folder: Path, task: str = "sequence-classification") -> Any:
+    """The checkpoint as an eval-mode model of ``task``'s Auto class (eager attention)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = auto_model_class(task).from_pretrained(
             folder, attn_implementation="eager", use_safetensors=True, trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot load {folder} as a sequence-classification checkpoint ({type(exc).__name__}: {exc}); "
+            f"cannot load {folder} as a {task} checkpoint ({type(exc).__name__}: {exc}); "
             "pass a folder saved by save_pretrained"
         ) from exc
     return model.eval()
@@ -83,14 +83,15 @@ def graph_input_names(model: Any) -> tuple[str, ...]:
 
 
 class LogitsOnly(torch.nn.Module):
-    """Wraps a model so it takes the graph's inputs positionally and returns (logits,)."""
+    """Wraps a model so it takes the graph's inputs positionally and returns (logits,):
+    (B, C), (B, T, C) for token classification, (B, T, 2) start/end for QA."""
 
-    def __init__(self, model: Any, names: tuple[str, ...]) -> None:
+    def __init__(self, model: Any, names: tuple[str, ...], task: str = "sequence-classification") -> None:
         super().__init__()
-        self.model, self.names = model, names
+        self.model, self.names, self.task = model, names, task
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self.model(**dict(zip(self.names, inputs))).logits,)  # (B, C)
+        return (model_logits(self.model(**dict(zip(self.names, inputs))), self.task),)
 
 
 def probe_inputs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
@@ -108,7 +109,7 @@ def probe_inputs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndar
 
 def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None = None,
                       tolerance: float = PARITY_TOLERANCE, cache_dir: Path | None = None,
-                      weights_sha: str | None = None) -> ExportResult:
+                      weights_sha: str | None = None, task: str = "sequence-classification") -> ExportResult:
     """Export ``folder`` to ONNX (or reuse the cached export) and parity-check it on CPU.
 
     ``sample``: padded int64 batches keyed by input name (real inputs); built-in probe
@@ -117,7 +118,9 @@ def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None =
     """
     folder = Path(folder)
     wsha = weights_sha or weights_sha256(folder)
-    key = hashlib.sha256(f"{wsha}|{_EXPORTER_TAG}|torch{torch.__version__}".encode()).hexdigest()[:24]
+    task = get_task(task).name
+    tag = _EXPORTER_TAG if task == "sequence-classification" else f"{_EXPORTER_TAG}|{task}"
+    key = hashlib.sha256(f"{wsha}|{tag}|torch{torch.__version__}".encode()).hexdigest()[:24]
     target = (cache_dir or cache_root() / "onnx") / key
     onnx_path, info_path = target / "model.onnx", target / "export.json"
     model = None
@@ -126,16 +129,16 @@ def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None =
         names = tuple(info["input_names"])
         cached = True
     else:
-        model = load_model(folder)
+        model = load_model(folder, task)
         names = graph_input_names(model)
-        _export(model, names, target)
+        _export(model, names, target, task)
         cached = False
     if sample is None:
         if cached:
             return ExportResult(onnx_path, names, float(info["parity_max_abs_err"]), wsha, True)
         sample = probe_inputs(folder, names)
-    model = model if model is not None else load_model(folder)
-    err = parity_error(model, _cpu_session(onnx_path), sample, names)
+    model = model if model is not None else load_model(folder, task)
+    err = parity_error(model, _cpu_session(onnx_path), sample, names, task)
     if not cached:
         info_path.write_text(json.dumps({"input_names": list(names), "parity_max_abs_err": err,
                                          "weights_sha256": wsha, "source": str(folder)}))
@@ -147,15 +150,17 @@ def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None =
     return ExportResult(onnx_path, names, err, wsha, cached)
 
 
-def _export(model: Any, names: tuple[str, ...], target: Path) -> None:
+def _export(model: Any, names: tuple[str, ...], target: Path, task: str = "sequence-classification") -> None:
     dummy = tuple(torch.ones((2, 8), dtype=torch.long) for _ in names)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    per_token = get_task(task).layout == "token"
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch", 1: "sequence"} if per_token
+                                                               else {0: "batch"}}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(LogitsOnly(model, names).eval(), dummy, str(tmp / "model.onnx"), dynamo=False,
+            torch.onnx.export(LogitsOnly(model, names, task).eval(), dummy, str(tmp / "model.onnx"), dynamo=False,
                               input_names=list(names), output_names=["logits"], dynamic_axes=axes,
                               opset_version=OPSET)
         model.eval()  # the exporter restores the wrapper's train/eval mode on the model
@@ -173,8 +178,10 @@ def _cpu_session(onnx_path: Path) -> Any:
     return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
 
-def parity_error(model: Any, session: Any, sample: list[dict[str, np.ndarray]], names: tuple[str, ...]) -> float:
-    """Max |ONNX - PyTorch| over the logits of every batch in ``sample``.
+def parity_error(model: Any, session: Any, sample: list[dict[str, np.ndarray]], names: tuple[str, ...],
+                 task: str = "sequence-classification") -> float:
+    """Max |ONNX - PyTorch| over the logits of every batch in ``sample`` (padding
+    positions included: the graph must match PyTorch on them too).
 
     Positions where both give the same NaN/inf count as equal (a broken checkpoint is
     the inference step's error to report, not the exporter's); NaN on one side is inf."""
@@ -183,7 +190,7 @@ def parity_error(model: Any, session: Any, sample: list[dict[str, np.ndarray]], 
         feed = {n: batch[n].astype(np.int64) for n in names}
         got = session.run(["logits"], feed)[0]
         with torch.no_grad():
-            ref = model(**{n: torch.from_numpy(v) for n, v in feed.items()}).logits.float().numpy()
+            ref = model_logits(model(**{n: torch.from_numpy(v) for n, v in feed.items()}), task).float().numpy()
         same_nonfinite = ~np.isfinite(got) & ~np.isfinite(ref) & ((got == ref) | (np.isnan(got) & np.isnan(ref)))
         diff = np.where(same_nonfinite, 0.0, np.abs(got - ref))  # NaN where only one side is NaN
         err = max(err, float(np.nan_to_num(diff, nan=np.inf).max()))

@@ -11,14 +11,14 @@ from typing import Any
 from logitstore.errors import FormatVersionError, StoreCorruptError
 
 FORMAT_NAME = "logitstore"
-FORMAT_VERSION = 1
+#: Version 2 added the token-classification and question-answering tasks (layout "token");
+#: a version 1 store is a version 2 sequence-classification store, so both are read.
+FORMAT_VERSION = 2
 #: Format versions this code reads.
-READABLE_VERSIONS = (1,)
+READABLE_VERSIONS = (1, 2)
 
-TASKS = ("sequence-classification",)
-#: How logits map to rows: one vector per example, or one per token (NER, QA) or
-#: per position (top-k LLM logits). Only "row" is written by format version 1 builds;
-#: "token" is reserved by the spec.
+#: How logits map to rows: one vector per example ("row"), or one per token ("token":
+#: NER, QA). See logitstore/tasks.py.
 LAYOUTS = ("row", "token")
 ENCODINGS = ("fp16", "fp32", "int8")
 
@@ -52,6 +52,7 @@ class StoreMeta:
     validation_split: str
     created_by: str
     pad_token_id: int = 0
+    stride: int | None = None
     format_version: int = FORMAT_VERSION
     format: str = FORMAT_NAME
 
@@ -75,7 +76,22 @@ class StoreMeta:
                 f"store format version {version!r} is not readable by this logitstore "
                 f"(reads {', '.join(map(str, READABLE_VERSIONS))}); upgrade logitstore or rebuild the store"
             )
-        return _from_dict(cls, data, "store")
+        meta = _from_dict(cls, data, "store")
+        from logitstore.tasks import TASKS
+
+        if meta.task not in TASKS:
+            raise FormatVersionError(
+                f"store task {meta.task!r} is not known to this logitstore (knows {', '.join(TASKS)}); "
+                "upgrade logitstore"
+            )
+        return meta
+
+    @property
+    def layout(self) -> str:
+        """"row" (one logit vector per example) or "token" (one per token)."""
+        from logitstore.tasks import get_task
+
+        return get_task(self.task).layout
 
 
 @dataclass(frozen=True)
@@ -136,12 +152,17 @@ class CheckpointMeta:
 
 @dataclass(frozen=True)
 class LogitsMeta:
-    """Attributes of ``checkpoints/<name>/<split>``: progress of one logits array."""
+    """Attributes of ``checkpoints/<name>/<split>``: progress of one logits array.
+
+    ``rows``/``rows_done`` count rows (examples or windows) for both layouts; for the
+    token layout ``block_rows`` is the number of rows per build block (the logits array is
+    chunked by tokens, so its chunk shape does not give it)."""
 
     rows: int
     rows_done: int = 0
     max_abs_err: float = 0.0
     complete: bool = False
+    block_rows: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

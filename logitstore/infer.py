@@ -103,22 +103,30 @@ def pad_batch(rows: list[np.ndarray], pad_id: int, type_rows: list[np.ndarray] |
 
 
 def infer_rows(session: Session, input_ids: np.ndarray, offsets: np.ndarray, token_type_ids: np.ndarray | None,
-               rows: np.ndarray, pad_id: int, token_budget: int, on_batch: Any = None) -> np.ndarray:
-    """Logits (len(rows), C) float32 for the given row numbers, in that order.
+               rows: np.ndarray, pad_id: int, token_budget: int, on_batch: Any = None,
+               per_token: bool = False) -> np.ndarray:
+    """Logits for the given row numbers, in that order: (len(rows), C) float32, or with
+    ``per_token`` (a graph whose logits are (B, T, C)) the rows' tokens end to end,
+    (sum of their lengths, C), without padding.
 
     ``input_ids``/``offsets``/``token_type_ids`` are a split's ragged arrays (see SplitData).
     ``on_batch(n)`` is called after each batch with the number of rows done.
     """
     lengths = offsets[rows + 1] - offsets[rows]
+    starts = np.concatenate([[0], np.cumsum(lengths)])  # (n+1,) where each row's tokens go in the output
     out: np.ndarray | None = None
     for batch in plan_batches(lengths, token_budget):
         picked = rows[batch]
         ragged = [input_ids[offsets[r]:offsets[r + 1]] for r in picked]
         types = None if token_type_ids is None else [token_type_ids[offsets[r]:offsets[r + 1]] for r in picked]
-        logits = session.run(pad_batch(ragged, pad_id, types, session.input_names)).astype(np.float32)  # (B, C)
+        logits = session.run(pad_batch(ragged, pad_id, types, session.input_names)).astype(np.float32)
         if out is None:
-            out = np.empty((len(rows), logits.shape[1]), dtype=np.float32)
-        out[batch] = logits
+            out = np.empty((int(starts[-1]) if per_token else len(rows), logits.shape[-1]), dtype=np.float32)
+        if per_token:  # logits (B, T, C): keep each row's own tokens
+            for j, i in enumerate(batch):
+                out[starts[i]:starts[i + 1]] = logits[j, :lengths[i]]
+        else:  # logits (B, C)
+            out[batch] = logits
         if on_batch is not None:
             on_batch(len(batch))
     assert out is not None

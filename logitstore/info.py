@@ -29,7 +29,8 @@ def print_info(path: Path, console: Console | None = None) -> LogitStore:
     ck = Table("checkpoint", "step", "val loss", "val score", "pick", "dtype", "provider", "parity err",
                "encode err", "bytes/logit", "status", title="checkpoints")
     for c in store.checkpoints(complete_only=False):
-        logits = sum(store.split_meta(s).rows for s in store.split_names()) * c.num_labels
+        vectors = "tokens" if m.layout == "token" else "rows"  # one logit vector per token or per row
+        logits = sum(getattr(store.split_meta(s), vectors) for s in store.split_names()) * c.num_labels
         nbytes = store.nbytes_on_disk(f"checkpoints/{c.name}")
         pick = " ".join(p for p, n in (("ths", ths), ("tll", tll)) if n == c.name)
         ck.add_row(c.name, "" if c.step is None else str(c.step),

@@ -8,12 +8,13 @@ Layout (docs/store-format.md is the contract)::
         input_ids   (T,)   int32        all rows' token ids end to end (ragged, no padding)
         offsets     (R+1,) int64        row i is input_ids[offsets[i]:offsets[i+1]]
         token_type_ids (T,) int8        only when two text columns are used
-        labels      (R,)   int64
+        labels      (R,) | (T,) | (R, 2) int64   by task (logitstore/tasks.py)
         example_id  (R,)   int64        row number of the example in its source split
+        (QA only) offset_mapping (T, 2) int32, window_of (R,) int64, context_* and answer_* texts
       checkpoints/<name>/               attrs["logitstore"]: CheckpointMeta
         <split>/                        attrs["logitstore"]: LogitsMeta (progress)
-          logits    (R, C) fp16|fp32|int8   chunked by many rows
-          scale     (R,)   float32      only for int8: logits = values * scale[:, None]
+          logits    (R, C) | (T, C) fp16|fp32|int8   chunked by many rows (or tokens)
+          scale     (R,) | (T,) float32 only for int8: logits = values * scale[:, None]
 
 The student side reads a store with :func:`open_store` and the read methods; only the
 builder uses the write methods.
@@ -36,11 +37,14 @@ import zarr.codecs
 from logitstore.encode import Encoded, decode, storage_dtype
 from logitstore.errors import LogitStoreError, NoCheckpointError, StoreCorruptError
 from logitstore.format import CheckpointMeta, LogitsMeta, SplitMeta, StoreMeta
+from logitstore.tasks import IGNORE
 
 ATTR = "logitstore"
 ROW_CHUNK = 65_536
 TOKEN_CHUNK = 1 << 20
 DEFAULT_LOGIT_CHUNK_ROWS = 8192
+#: Tokens per chunk of token-layout logits (65,536 x C values).
+TOKEN_LOGIT_CHUNK = 1 << 16
 
 
 def _compressors(typesize: int) -> list[Any]:
@@ -71,6 +75,11 @@ class SplitData:
     ``input_ids`` (T,) int32 holds every row's token ids end to end; row i is
     ``input_ids[offsets[i]:offsets[i + 1]]`` with ``offsets`` (R+1,) int64.
     ``token_type_ids`` is (T,) int8, or None when every token has type 0.
+    ``labels`` is (R,) for sequence classification, (T,) for token classification (-100 =
+    no label) and (R, 2) start/end token positions for QA. QA splits also carry
+    ``offset_mapping`` (T, 2) (character span in the context of each context token, -1
+    elsewhere), ``window_of`` (R,) (the example each window belongs to), and per example
+    ``contexts`` and gold ``answers``.
     """
 
     name: str
@@ -79,9 +88,13 @@ class SplitData:
     labels: np.ndarray
     example_ids: np.ndarray
     token_type_ids: np.ndarray | None = None
+    offset_mapping: np.ndarray | None = None
+    window_of: np.ndarray | None = None
+    contexts: list[str] | None = None
+    answers: list[list[str]] | None = None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.offsets) - 1
 
     @property
     def lengths(self) -> np.ndarray:
@@ -151,16 +164,22 @@ class LogitStore:
             labels = g["labels"][:]
             example_ids = g["example_id"][:]
             tt = g["token_type_ids"][:] if "token_type_ids" in g else None
+            qa = {}
+            if "window_of" in g:
+                qa = {"offset_mapping": g["offset_mapping"][:], "window_of": g["window_of"][:],
+                      "contexts": _read_texts(g, "context"), "answers": _read_answers(g)}
         whole = (
             len(offsets) == meta.rows + 1 and len(ids) == meta.tokens and offsets[0] == 0
             and offsets[-1] == meta.tokens and bool((np.diff(offsets) > 0).all())
-            and bool((ids >= 0).all()) and bool((labels >= 0).all()) and bool((example_ids >= 0).all())
+            and bool((ids >= 0).all()) and bool(((labels >= 0) | (labels == IGNORE)).all())
+            and bool((example_ids >= 0).all())
+            and (not qa or (bool((qa["offset_mapping"] >= -1).all()) and bool((qa["window_of"] >= 0).all())))
         )
         if not whole:
             raise StoreCorruptError(
                 f"split {name!r} of store {self.path} is truncated or has missing chunks; rebuild the store"
             )
-        return SplitData(name, ids, offsets, labels, example_ids, tt)
+        return SplitData(name, ids, offsets, labels, example_ids, tt, **qa)
 
     def write_split(self, data: SplitData, content_sha256: str) -> SplitMeta:
         """Write one split (replacing an incomplete one) and mark it complete last."""
@@ -175,10 +194,25 @@ class LogitStore:
         }
         if data.token_type_ids is not None:
             arrays["token_type_ids"] = (data.token_type_ids.astype(np.int8), TOKEN_CHUNK)
+        if data.window_of is not None:  # QA: windows, their character offsets and the texts to score
+            assert data.offset_mapping is not None and data.contexts is not None and data.answers is not None
+            arrays["offset_mapping"] = (data.offset_mapping.astype(np.int32), TOKEN_CHUNK)
+            arrays["window_of"] = (data.window_of.astype(np.int64), ROW_CHUNK)
+            flat = [a for answers in data.answers for a in answers]
+            counts = np.fromiter(map(len, data.answers), dtype=np.int64, count=len(data.answers))
+            arrays["answers_of"] = (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), ROW_CHUNK)
+            for prefix, texts in (("context", data.contexts), ("answer", flat)):
+                raw = [t.encode("utf-8") for t in texts]
+                lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
+                arrays[f"{prefix}_utf8"] = (np.frombuffer(b"".join(raw), dtype=np.uint8), TOKEN_CHUNK)
+                arrays[f"{prefix}_offsets"] = (np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), ROW_CHUNK)
         for key, (values, chunk) in arrays.items():
-            a = g.create_array(key, shape=values.shape, dtype=values.dtype, chunks=(chunk,),
-                               fill_value=-1, compressors=_compressors(values.dtype.itemsize))
-            a[:] = values
+            # -1 marks a missing chunk; offset_mapping holds -1 itself, so its fill is -2.
+            a = g.create_array(key, shape=values.shape, dtype=values.dtype, chunks=(chunk, *values.shape[1:]),
+                               fill_value=-2 if key == "offset_mapping" else (0 if values.dtype == np.uint8 else -1),
+                               compressors=_compressors(values.dtype.itemsize))
+            if values.size:
+                a[:] = values
         meta = replace(meta, complete=True)
         g.attrs[ATTR] = meta.to_dict()
         return meta
@@ -268,44 +302,61 @@ class LogitStore:
             return LogitsMeta.from_dict(g[split].attrs.get(ATTR))
 
     def prepare_logits(self, checkpoint: str, split: str, rows: int, num_labels: int,
-                       encoding: str, chunk_rows: int) -> LogitsMeta:
+                       encoding: str, chunk_rows: int, tokens: int | None = None) -> LogitsMeta:
         """Create the logits arrays of one checkpoint and split, or return the progress of
-        an existing matching one (resume). A mismatching partial entry is started over."""
+        an existing matching one (resume). A mismatching partial entry is started over.
+
+        ``tokens`` (the split's token count) makes a token-layout array (tokens, C), chunked
+        by TOKEN_LOGIT_CHUNK tokens and written in blocks of ``chunk_rows`` rows."""
         g = self._root[f"checkpoints/{checkpoint}"]
         meta = self.logits_meta(checkpoint, split)
-        if meta is not None and meta.rows == rows:
+        length = rows if tokens is None else tokens
+        chunk = chunk_rows if tokens is None else TOKEN_LOGIT_CHUNK
+        block_rows = None if tokens is None else chunk_rows
+        if meta is not None and meta.rows == rows and meta.block_rows == block_rows:
             a = g[f"{split}/logits"]
-            if a.shape == (rows, num_labels) and a.dtype == storage_dtype(encoding) and a.chunks[0] == chunk_rows:
+            if a.shape == (length, num_labels) and a.dtype == storage_dtype(encoding) and a.chunks[0] == chunk:
                 return meta
         sg = g.create_group(split, overwrite=True)
-        meta = LogitsMeta(rows=rows)
+        meta = LogitsMeta(rows=rows, block_rows=block_rows)
         sg.attrs[ATTR] = meta.to_dict()
         dt = storage_dtype(encoding)
         fill = 0 if encoding == "int8" else float("nan")  # a missing float chunk reads as NaN
-        sg.create_array("logits", shape=(rows, num_labels), dtype=dt, chunks=(chunk_rows, num_labels),
+        sg.create_array("logits", shape=(length, num_labels), dtype=dt, chunks=(chunk, num_labels),
                         fill_value=fill, compressors=_compressors(dt.itemsize))
         if encoding == "int8":
-            sg.create_array("scale", shape=(rows,), dtype="float32", chunks=(chunk_rows,),
+            sg.create_array("scale", shape=(length,), dtype="float32", chunks=(chunk,),
                             fill_value=float("nan"), compressors=_compressors(4))
         return meta
 
-    def write_logits_block(self, checkpoint: str, split: str, start: int, block: Encoded) -> None:
-        """Write encoded rows [start, start + len) and record them as done (after the data)."""
+    def write_logits_block(self, checkpoint: str, split: str, start: int, block: Encoded,
+                           rows_done: int | None = None) -> None:
+        """Write encoded logits at [start, start + len) of the first axis (rows, or tokens
+        for the token layout) and then record ``rows_done`` rows as done (default: the
+        block's end, for the row layout)."""
         sg = self._root[f"checkpoints/{checkpoint}/{split}"]
         stop = start + len(block.values)
-        sg["logits"][start:stop] = block.values
-        if block.scale is not None:
-            sg["scale"][start:stop] = block.scale
+        if len(block.values):
+            sg["logits"][start:stop] = block.values
+            if block.scale is not None:
+                sg["scale"][start:stop] = block.scale
         meta = LogitsMeta.from_dict(sg.attrs.get(ATTR))
-        sg.attrs[ATTR] = replace(meta, rows_done=stop, complete=stop == meta.rows,
+        done = stop if rows_done is None else rows_done
+        sg.attrs[ATTR] = replace(meta, rows_done=done, complete=done == meta.rows,
                                  max_abs_err=max(meta.max_abs_err, block.max_abs_err)).to_dict()
 
     def logits_chunk_rows(self, checkpoint: str, split: str) -> int:
+        """Rows per chunk (row layout) or per build block (token layout) of a logits entry."""
+        meta = self.logits_meta(checkpoint, split)
+        if meta is not None and meta.block_rows:
+            return int(meta.block_rows)
         with _reading(self.path, f"logits of {checkpoint}/{split}"):
             return int(self._root[f"checkpoints/{checkpoint}/{split}/logits"].chunks[0])
 
     def read_logits(self, checkpoint: str, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Decoded float32 teacher logits (rows, C) of rows [start, stop) of a split.
+        """Decoded float32 teacher logits [start, stop) of a split's first axis: rows
+        (R, C) for the row layout, tokens (T, C) for the token layout (row i's tokens are
+        ``offsets[i]:offsets[i + 1]`` of the split).
 
         Raises StoreCorruptError when the entry is incomplete or a chunk is missing/corrupt.
         """
@@ -333,6 +384,22 @@ class LogitStore:
         if not root.exists():
             return 0
         return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _read_texts(g: Any, prefix: str) -> list[str]:
+    raw = g[f"{prefix}_utf8"][:].tobytes()
+    ends = g[f"{prefix}_offsets"][:]
+    if len(ends) == 0 or ends[0] != 0 or ends[-1] != len(raw) or bool((np.diff(ends) < 0).any()):
+        raise ValueError(f"{prefix} texts are truncated")
+    return [raw[a:b].decode("utf-8") for a, b in zip(ends[:-1], ends[1:])]
+
+
+def _read_answers(g: Any) -> list[list[str]]:
+    flat = _read_texts(g, "answer")
+    of = g["answers_of"][:]
+    if len(of) == 0 or of[-1] != len(flat) or bool((np.diff(of) < 0).any()):
+        raise ValueError("answer lists are truncated")
+    return [flat[a:b] for a, b in zip(of[:-1], of[1:])]
 
 
 def _num(x: float | None, missing: float) -> float:

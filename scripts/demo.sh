@@ -16,9 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/demo}"
 EXAMPLES="${EXAMPLES:-1500}"            # examples from the corpus ("all" = 13.8k), split 80/10/10
-TEACHER_EPOCHS="${TEACHER_EPOCHS:-3}"
+TEACHER_EPOCHS="${TEACHER_EPOCHS:-4}"
 TEACHER_LR="${TEACHER_LR:-1e-4}"
-TEACHER_EVALS="${TEACHER_EVALS:-3}"     # teacher checkpoints saved (one per evaluation)
+TEACHER_EVALS="${TEACHER_EVALS:-4}"     # teacher checkpoints saved (one per evaluation)
 STUDENT_EPOCHS="${STUDENT_EPOCHS:-1}"
 STUDENT_LR="${STUDENT_LR:-5e-4}"
 STUDENT_LAYERS="${STUDENT_LAYERS:-1 2 3}"

@@ -12,6 +12,11 @@ computed before anything is read, so cached and online training see the same bat
 Either way every row appears exactly once per epoch. The token ids come from
 ``LogitStore.read_split`` (always in RAM); only the logits are streamed. Batches are padded
 to their own longest row.
+
+Token-layout stores (NER, QA; logitstore/tasks.py) hold one logit vector per token: a
+batch's teacher logits are (B, T, C), zero at padding, and NER labels (B, T) are -100 at
+padding (QA labels stay (B, 2)). Their "chunks" are the build's blocks of rows, so the
+streamed order works the same way.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData
+from logitstore.tasks import IGNORE
 from students.errors import ConfigError
 
 MODES = ("auto", "ram", "stream")
@@ -67,8 +73,8 @@ class Batch:
     input_ids: torch.Tensor  # (B, T) int64
     attention_mask: torch.Tensor  # (B, T) int64
     token_type_ids: torch.Tensor  # (B, T) int64
-    labels: torch.Tensor  # (B,) int64
-    teacher_logits: torch.Tensor | None  # (B, C) float32
+    labels: torch.Tensor  # (B,) int64; NER (B, T) with -100 = no label; QA (B, 2) start, end
+    teacher_logits: torch.Tensor | None  # (B, C) float32; token layout (B, T, C)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -79,8 +85,11 @@ class Batch:
                      move(self.labels), move(self.teacher_logits))
 
 
-def collate(split: SplitData, rows: np.ndarray, logits: np.ndarray | None, pad_id: int) -> Batch:
-    """Pad ``rows`` (B,) of ``split`` to their longest row; ``logits`` (B, C) aligned to rows."""
+def collate(split: SplitData, rows: np.ndarray, logits: np.ndarray | list[np.ndarray] | None, pad_id: int,
+            token_labels: bool = False) -> Batch:
+    """Pad ``rows`` (B,) of ``split`` to their longest row; ``logits`` (B, C) aligned to rows,
+    or (token layout) a list of each row's (L_i, C) logits. ``token_labels``: the split's
+    labels are per token (NER) and are padded with -100."""
     starts = split.offsets[rows]  # (B,)
     lengths = split.offsets[rows + 1] - starts  # (B,)
     width = int(lengths.max())
@@ -92,13 +101,23 @@ def collate(split: SplitData, rows: np.ndarray, logits: np.ndarray | None, pad_i
         types = np.where(mask, split.token_type_ids[idx], 0).astype(np.int64)  # (B, T)
     else:
         types = np.zeros_like(ids)  # (B, T)
+    if token_labels:
+        labels = np.where(mask, split.labels[idx], IGNORE).astype(np.int64)  # (B, T)
+    else:
+        labels = split.labels[rows].astype(np.int64)  # (B,) or QA (B, 2)
+    if isinstance(logits, list):  # token layout: pad each row's (L_i, C) to (B, T, C) with zeros
+        teacher = np.zeros((len(rows), width, logits[0].shape[-1]), dtype=np.float32)
+        for j, row_logits in enumerate(logits):
+            teacher[j, :len(row_logits)] = row_logits
+    else:
+        teacher = None if logits is None else np.ascontiguousarray(logits, np.float32)
     return Batch(
         rows=torch.from_numpy(rows.astype(np.int64)),
         input_ids=torch.from_numpy(ids),
         attention_mask=torch.from_numpy(mask.astype(np.int64)),
         token_type_ids=torch.from_numpy(types),
-        labels=torch.from_numpy(split.labels[rows].astype(np.int64)),
-        teacher_logits=None if logits is None else torch.from_numpy(np.ascontiguousarray(logits, np.float32)),
+        labels=torch.from_numpy(labels),
+        teacher_logits=None if teacher is None else torch.from_numpy(teacher),
     )
 
 
@@ -120,11 +139,14 @@ class SplitBatches:
         self.shuffle = shuffle
         self.read_logits = read_logits and checkpoint is not None
         self.rows = len(split)
+        self.per_token = store.meta.layout == "token"
+        self.token_labels = store.meta.task == "token-classification"
         self.chunk_rows = (store.logits_chunk_rows(checkpoint, split.name) if checkpoint is not None
                            else DEFAULT_LOGIT_CHUNK_ROWS)
         num_labels = store.meta.num_labels
+        vectors = int(split.offsets[-1]) if self.per_token else self.rows
         if cfg.mode == "auto":
-            self.streamed = checkpoint is not None and self.rows * num_labels * 4 > cfg.memory_budget_bytes
+            self.streamed = checkpoint is not None and vectors * num_labels * 4 > cfg.memory_budget_bytes
         else:
             self.streamed = cfg.mode == "stream" and checkpoint is not None
         self._logits: np.ndarray | None = None
@@ -153,10 +175,21 @@ class SplitBatches:
         """(R,) the rows of ``epoch`` in the order batches take them."""
         return np.concatenate(self._chunk_groups(epoch))
 
-    def _buffer_logits(self, rows: np.ndarray) -> np.ndarray:
-        """Read the whole chunks holding ``rows`` and return their logits (len(rows), C)."""
+    def _buffer_logits(self, rows: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """Read the whole chunks holding ``rows`` and return their logits (len(rows), C)
+        (token layout: a list of each row's (L_i, C) logits)."""
         chunk_of_row = rows // self.chunk_rows  # (n,)
         chunks = np.unique(chunk_of_row)  # sorted: read in disk order
+        if self.per_token:
+            off = self.split.offsets
+            out: list[np.ndarray] = [np.empty(0)] * len(rows)
+            for c in chunks:
+                first, last = int(c) * self.chunk_rows, min((int(c) + 1) * self.chunk_rows, self.rows)
+                block = self.store.read_logits(self.checkpoint, self.split.name, int(off[first]), int(off[last]))
+                for j in np.flatnonzero(chunk_of_row == c):
+                    r = rows[j]
+                    out[j] = block[off[r] - off[first]:off[r + 1] - off[first]]
+            return out
         parts = [self.store.read_logits(self.checkpoint, self.split.name, int(c) * self.chunk_rows,
                                         min((int(c) + 1) * self.chunk_rows, self.rows)) for c in chunks]
         starts = np.cumsum([0] + [len(p) for p in parts[:-1]])  # (n_chunks,) offset of each chunk in block
@@ -164,22 +197,30 @@ class SplitBatches:
         pos = starts[np.searchsorted(chunks, chunk_of_row)] + rows % self.chunk_rows  # (n,)
         return block[pos]
 
+    def _ram_logits(self, rows: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        assert self._logits is not None
+        if self.per_token:
+            off = self.split.offsets
+            return [self._logits[off[r]:off[r + 1]] for r in rows]
+        return self._logits[rows]
+
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """Yield the batches of ``epoch`` (the last one may be smaller)."""
         bs = self.cfg.batch_size
         pending_rows = np.empty(0, dtype=np.int64)
-        pending_logits: np.ndarray | None = None
+        pending_logits: np.ndarray | list[np.ndarray] | None = None
         for rows in self._chunk_groups(epoch):
             logits = None
-            if self.read_logits:
-                logits = self._logits[rows] if self._logits is not None else self._buffer_logits(rows)  # (n, C)
+            if self.read_logits:  # (n, C), or a list of n (L_i, C) for the token layout
+                logits = self._ram_logits(rows) if self._logits is not None else self._buffer_logits(rows)
             pending_rows = np.concatenate([pending_rows, rows])
             if logits is not None:
-                pending_logits = logits if pending_logits is None else np.concatenate([pending_logits, logits])
+                pending_logits = logits if pending_logits is None else (
+                    pending_logits + logits if self.per_token else np.concatenate([pending_logits, logits]))
             while len(pending_rows) >= bs:
                 yield collate(self.split, pending_rows[:bs], None if pending_logits is None else pending_logits[:bs],
-                              self.cfg.pad_id)
+                              self.cfg.pad_id, self.token_labels)
                 pending_rows = pending_rows[bs:]
                 pending_logits = None if pending_logits is None else pending_logits[bs:]
         if len(pending_rows):
-            yield collate(self.split, pending_rows, pending_logits, self.cfg.pad_id)
+            yield collate(self.split, pending_rows, pending_logits, self.cfg.pad_id, self.token_labels)

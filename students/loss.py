@@ -96,24 +96,37 @@ class KDLossOutput:
     kd: torch.Tensor | None
 
 
-def distance(teacher_logits: torch.Tensor, student_logits: torch.Tensor, cfg: KDLossConfig) -> torch.Tensor:
-    """tau_s**2 * D(z_t / tau_t, z_s / tau_s), averaged over the batch; a scalar tensor."""
+MASKED = -1e9  # logit given to classes outside ``mask`` (probability 0, still finite)
+
+
+def distance(teacher_logits: torch.Tensor, student_logits: torch.Tensor, cfg: KDLossConfig,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+    """tau_s**2 * D(z_t / tau_t, z_s / tau_s), averaged over the batch; a scalar tensor.
+
+    ``mask`` (B, C) bool, when given, keeps only some classes of each example (QA: the
+    window's real tokens, not its padding): the others get probability 0 in both
+    distributions, and MSE averages over the kept classes only."""
     zt = teacher_logits.float() / cfg.tau_t  # (B, C)
     zs = student_logits.float() / cfg.tau_s  # (B, C)
+    if mask is not None:
+        zt, zs = zt.masked_fill(~mask, MASKED), zs.masked_fill(~mask, MASKED)
     if cfg.distance == "ce":
         log_pt = F.log_softmax(zt, dim=-1)  # (B, C)
         log_ps = F.log_softmax(zs, dim=-1)  # (B, C)
         per_example = (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1)  # (B,) KL(p_t || p_s)
-    else:
+    elif mask is None:
         per_example = (zt - zs).pow(2).mean(dim=-1)  # (B,)
+    else:
+        per_example = ((zt - zs).pow(2) * mask).sum(dim=-1) / mask.sum(dim=-1)  # (B,)
     return cfg.tau_s**2 * per_example.mean()
 
 
 def kd_loss(student_logits: torch.Tensor, labels: torch.Tensor | None,
-            teacher_logits: torch.Tensor | None, cfg: KDLossConfig) -> KDLossOutput:
+            teacher_logits: torch.Tensor | None, cfg: KDLossConfig, mask: torch.Tensor | None = None) -> KDLossOutput:
     """The KD loss of one batch.
 
-    student_logits (B, C), labels (B,) int64 or None, teacher_logits (B, C) or None.
+    student_logits (B, C), labels (B,) int64 or None, teacher_logits (B, C) or None;
+    ``mask`` (B, C) bool or None restricts both terms to some classes (see ``distance``).
     Raises ValueError when a part with a non-zero weight lacks its input (labels when
     alpha < 1, teacher logits when alpha > 0) or when shapes disagree.
     """
@@ -127,11 +140,45 @@ def kd_loss(student_logits: torch.Tensor, labels: torch.Tensor | None,
             f"teacher logits {tuple(teacher_logits.shape)} and student logits "
             f"{tuple(student_logits.shape)} differ in shape; is the store for this task?"
         )
-    ce = F.cross_entropy(student_logits.float(), labels) if labels is not None else None  # ()
-    kd = distance(teacher_logits, student_logits, cfg) if teacher_logits is not None else None  # ()
+    z_gold = student_logits.float() if mask is None else student_logits.float().masked_fill(~mask, MASKED)
+    ce = F.cross_entropy(z_gold, labels) if labels is not None else None  # ()
+    kd = distance(teacher_logits, student_logits, cfg, mask) if teacher_logits is not None else None  # ()
     loss = student_logits.new_zeros((), dtype=torch.float32)
     if ce is not None and alpha < 1.0:
         loss = loss + (1.0 - alpha) * ce
     if kd is not None and alpha > 0.0:
         loss = loss + alpha * kd
     return KDLossOutput(loss, ce, kd)
+
+
+def task_loss(task: str, student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
+              cfg: KDLossConfig, attention_mask: torch.Tensor, use_labels: bool = True) -> tuple[KDLossOutput, int]:
+    """The KD loss of one batch of ``task`` and the number of terms it averages.
+
+    * sequence classification: ``kd_loss`` over the B examples (logits (B, C)).
+    * token classification: ``kd_loss`` over the labelled tokens only (labels (B, T) !=
+      -100: the first sub-token of each word), as if they were examples; padding,
+      special tokens and later sub-tokens take no part in either term.
+    * question answering: logits (B, T, 2). The start logits of a window are one
+      distribution over its tokens (padding masked out), and so are the end logits;
+      L = (L_start + L_end) / 2, each a ``kd_loss`` with the gold start (end) position as
+      its label, the HF QA models' convention for the gold term.
+
+    ``use_labels`` False (alpha 1) drops the gold labels; the label mask of NER is still used.
+    """
+    if task == "sequence-classification":
+        return kd_loss(student_logits, labels if use_labels else None, teacher_logits, cfg), len(student_logits)
+    if task == "token-classification":
+        keep = labels != -100  # (B, T)
+        out = kd_loss(student_logits[keep], labels[keep] if use_labels else None,
+                      None if teacher_logits is None else teacher_logits[keep], cfg)
+        return out, int(keep.sum())
+    if task == "question-answering":
+        real = attention_mask.bool()  # (B, T)
+        parts = [kd_loss(student_logits[..., k], labels[:, k] if use_labels else None,
+                         None if teacher_logits is None else teacher_logits[..., k], cfg, mask=real)
+                 for k in (0, 1)]  # start, end: each (B, T) over the window's tokens
+        mean = lambda a, b: None if a is None else (a + b) / 2  # noqa: E731
+        return KDLossOutput((parts[0].loss + parts[1].loss) / 2, mean(parts[0].ce, parts[1].ce),
+                            mean(parts[0].kd, parts[1].kd)), len(student_logits)
+    raise ValueError(f"unknown task {task!r}")

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
+
+from logitstore.tasks import auto_model_class
 
 from students.data import Batch
 from students.errors import StudentInitError
@@ -68,8 +70,10 @@ def _layer_prefix(model: nn.Module, n: int, source: str) -> str:
     return lists[0]
 
 
-def build_student(source: str, layers: int, label_names: list[str], vocab_size: int) -> tuple[PreTrainedModel, StudentInit]:
-    """A K-layer sequence classifier initialised from the model at ``source``.
+def build_student(source: str, layers: int, label_names: list[str], vocab_size: int,
+                  task: str = "sequence-classification") -> tuple[PreTrainedModel, StudentInit]:
+    """A K-layer model of ``task`` (sequence or token classifier, QA span head)
+    initialised from the model at ``source``.
 
     ``label_names`` set the head (a source head of another size is replaced by a freshly
     initialised one, so seed torch before calling); ``vocab_size`` is the size the store's
@@ -87,22 +91,22 @@ def build_student(source: str, layers: int, label_names: list[str], vocab_size: 
             f"the model at {source} has a vocabulary of {src_vocab} tokens but the store's token ids are "
             f"for {vocab_size}; initialise from a model with the store's tokenizer"
         )
+    auto = auto_model_class(task)
     num_labels = len(label_names)
     labels = {"num_labels": num_labels, "id2label": dict(enumerate(label_names)),
               "label2id": {name: i for i, name in enumerate(label_names)}}
     try:
-        src_model = AutoModelForSequenceClassification.from_pretrained(
-            source, ignore_mismatched_sizes=True, dtype=torch.float32, **labels)
+        src_model = auto.from_pretrained(source, ignore_mismatched_sizes=True, dtype=torch.float32, **labels)
     except Exception as exc:
         raise StudentInitError(
-            f"cannot load a sequence-classification model from {source} ({type(exc).__name__}: {exc}); "
+            f"cannot load a {task} model from {source} ({type(exc).__name__}: {exc}); "
             "pass a transformers checkpoint folder"
         ) from exc
     prefix = _layer_prefix(src_model, n, source)
 
     student_cfg = copy.deepcopy(src_model.config)
     student_cfg.num_hidden_layers = layers
-    student = AutoModelForSequenceClassification.from_config(student_cfg, dtype=torch.float32)
+    student = auto.from_config(student_cfg, dtype=torch.float32)
     src = src_model.state_dict()
     state = {}
     for key, value in student.state_dict().items():

@@ -282,8 +282,8 @@ def train_run(config: TrainConfig) -> RunOutcome:
 
     r = train(config, console=Console(quiet=True))
     return RunOutcome(r.metric, r.best.score(r.metric), r.test.score(r.metric) if r.test else None, r.checkpoint,
-                      round(r.train_seconds, 4), r.steps, r.best_step, asdict(r.best),
-                      asdict(r.test) if r.test else None)
+                      round(r.train_seconds, 4), r.steps, r.best_step, r.best.to_dict(),
+                      r.test.to_dict() if r.test else None)
 
 
 @dataclass(frozen=True)

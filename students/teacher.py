@@ -2,7 +2,7 @@
 the batch (online KD, the baseline): PyTorch from the checkpoint's source folder, or ONNX
 Runtime on the exported graph the store recorded.
 
-All three return float32 logits (B, C) on the training device and consume no torch RNG
+All three return float32 logits (B, C) (token layout: (B, T, C), QA start/end (B, T, 2)) on the training device and consume no torch RNG
 (the PyTorch teacher runs in eval mode under no_grad), so cached and online runs with the
 same seed draw the same dropout masks and differ only by the teacher logits themselves.
 """
@@ -16,6 +16,7 @@ import torch
 
 from logitstore.checkpoints import weights_sha256
 from logitstore.format import CheckpointMeta
+from logitstore.tasks import auto_model_class, model_logits
 from students.data import Batch
 from students.errors import OnlineTeacherError
 from students.model import forward_kwargs
@@ -41,9 +42,7 @@ class CachedTeacher:
 class TorchTeacher:
     """The checkpoint's PyTorch model from its source folder, in eval mode."""
 
-    def __init__(self, meta: CheckpointMeta, device: torch.device) -> None:
-        from transformers import AutoModelForSequenceClassification
-
+    def __init__(self, meta: CheckpointMeta, device: torch.device, task: str = "sequence-classification") -> None:
         source = Path(meta.source_path)
         if source.is_dir() and weights_sha256(source) != meta.weights_sha256:
             raise OnlineTeacherError(
@@ -51,7 +50,7 @@ class TorchTeacher:
                 "would not distil the cached teacher; restore them, rebuild the store, or drop --online"
             )
         try:
-            self.model = AutoModelForSequenceClassification.from_pretrained(meta.source_path, dtype=torch.float32)
+            self.model = auto_model_class(task).from_pretrained(meta.source_path, dtype=torch.float32)
         except Exception as exc:
             raise OnlineTeacherError(
                 f"cannot load teacher checkpoint {meta.name!r} from {meta.source_path} "
@@ -59,10 +58,11 @@ class TorchTeacher:
                 "or drop --online to use the cached logits"
             ) from exc
         self.model.to(device).eval()
+        self.task = task
 
     @torch.no_grad()
     def logits(self, batch: Batch) -> torch.Tensor:
-        return self.model(**forward_kwargs(self.model, batch)).logits.float()  # (B, C)
+        return model_logits(self.model(**forward_kwargs(self.model, batch)), self.task).float()  # (B, C) / (B, T, C)
 
 
 class OnnxTeacher:
@@ -118,10 +118,11 @@ class OnnxTeacher:
         return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(self.device)
 
 
-def online_teacher(kind: str, meta: CheckpointMeta, device: torch.device) -> Teacher:
+def online_teacher(kind: str, meta: CheckpointMeta, device: torch.device,
+                   task: str = "sequence-classification") -> Teacher:
     """The online teacher of ``kind`` ("pytorch" or "onnx") for checkpoint ``meta``."""
     if kind == "pytorch":
-        return TorchTeacher(meta, device)
+        return TorchTeacher(meta, device, task)
     if kind == "onnx":
         return OnnxTeacher(meta, device)
     raise ValueError(f"online teacher must be one of {', '.join(ONLINE_KINDS)}; got {kind!r}")

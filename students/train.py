@@ -28,11 +28,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from logitstore.errors import NoCheckpointError
 from logitstore.format import CheckpointMeta
-from logitstore.metrics import METRICS, accuracy, macro_f1
+from logitstore.metrics import task_scores
 from logitstore.store import LogitStore, SplitData, open_store
+from logitstore.tasks import TASKS, model_logits
 from students.data import Batch, LoaderConfig, SplitBatches, loader_config_problems
 from students.errors import ConfigError, StoreContentError
-from students.loss import KDLossConfig, kd_loss, loss_config_problems
+from students.loss import KDLossConfig, loss_config_problems, task_loss
 from students.model import StudentInit, build_student, forward_kwargs
 from students.teacher import ONLINE_KINDS, CachedTeacher, Teacher, online_teacher
 
@@ -129,18 +130,24 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Metrics of the student on one split. ``kd`` is tau_s**2 * KL (or MSE) to the teacher,
+    """Metrics of the student on one split: ``scores`` holds the task's metrics
+    (logitstore.metrics.task_scores: accuracy and macro_f1; NER entity f1, precision,
+    recall and token accuracy; QA f1 and exact_match), ``ce`` its gold loss (the same
+    definition as a checkpoint's val_loss), ``kd`` tau_s**2 * KL (or MSE) to the teacher,
     None when no teacher logits are available for the split."""
 
     split: str
     examples: int
-    accuracy: float
-    macro_f1: float
+    scores: dict[str, float]
     ce: float
     kd: float | None
 
     def score(self, metric: str) -> float:
-        return float(getattr(self, metric))
+        return float(self.scores[metric])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON record: split, examples, each metric, ce, kd."""
+        return {"split": self.split, "examples": self.examples, **self.scores, "ce": self.ce, "kd": self.kd}
 
 
 @dataclass(frozen=True)
@@ -162,24 +169,31 @@ class TrainResult:
 @torch.no_grad()
 def evaluate(student: torch.nn.Module, batches: SplitBatches, teacher: Teacher | None,
              cfg: KDLossConfig, device: torch.device) -> EvalResult:
-    """Accuracy, macro-F1, gold CE and (with a teacher) the KD distance over one split."""
+    """The task's metrics and gold loss (from the student's logits over the whole split, as
+    logitstore scores a teacher) and, with a teacher, the mean KD distance over one split."""
     was_training = student.training
     student.eval()
-    preds, golds, ce_sum, kd_sum = [], [], 0.0, 0.0
-    for batch in batches.epoch(0):
+    meta, split = batches.store.meta, batches.split
+    per_token = meta.layout == "token"
+    parts: list[np.ndarray] = []
+    kd_sum, kd_n = 0.0, 0
+    for batch in batches.epoch(0):  # unshuffled: rows in order
         batch = batch.to(device)
-        z_s = student(**forward_kwargs(student, batch)).logits  # (B, C)
-        z_t = teacher.logits(batch) if teacher is not None else None  # (B, C)
-        out = kd_loss(z_s, batch.labels, z_t, cfg)
-        ce_sum += float(out.ce) * len(batch)
-        kd_sum += float(out.kd) * len(batch) if out.kd is not None else 0.0
-        preds.append(z_s.argmax(-1).cpu().numpy())
-        golds.append(batch.labels.cpu().numpy())
+        z_s = model_logits(student(**forward_kwargs(student, batch)), meta.task)  # (B, C) or (B, T, C)
+        if teacher is not None:
+            out, n = task_loss(meta.task, z_s, batch.labels, teacher.logits(batch), cfg, batch.attention_mask)
+            kd_sum += float(out.kd) * n
+            kd_n += n
+        z = z_s.float().cpu().numpy()
+        if per_token:  # keep each row's own tokens: the store's (T, C) layout
+            lengths = batch.attention_mask.sum(-1).cpu().numpy()
+            parts.extend(z[j, :lengths[j]] for j in range(len(z)))
+        else:
+            parts.append(z)
     student.train(was_training)
-    pred, gold = np.concatenate(preds), np.concatenate(golds)  # (N,) each
-    n = len(gold)
-    return EvalResult(batches.split.name, n, accuracy(pred, gold), macro_f1(pred, gold, z_s.shape[-1]),
-                      ce_sum / n, kd_sum / n if teacher is not None else None)
+    scores = task_scores(meta.task, np.concatenate(parts), split, meta.label_names)
+    ce = scores.pop("loss")
+    return EvalResult(split.name, len(split), scores, ce, kd_sum / max(kd_n, 1) if teacher is not None else None)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -274,9 +288,10 @@ def _prepare(config: TrainConfig, console: Console) -> _Run:
     device = resolve_device(config.device)
     store = open_store(config.store)
     ckpt = choose_checkpoint(store, config)
-    metric = ckpt.metric if ckpt is not None else "accuracy"
-    if metric not in METRICS:
-        raise StoreContentError(f"the store's task metric {metric!r} is not one of {', '.join(METRICS)}; "
+    task = TASKS[store.meta.task]
+    metric = ckpt.metric if ckpt is not None else task.default_metric
+    if metric not in task.metrics:
+        raise StoreContentError(f"the store's task metric {metric!r} is not one of {', '.join(task.metrics)}; "
                                 "update students or rebuild the store")
     if ckpt is not None:
         console.print(f"teacher checkpoint: {ckpt.name} (--teacher {config.teacher}; val_loss={ckpt.val_loss}, "
@@ -285,10 +300,10 @@ def _prepare(config: TrainConfig, console: Console) -> _Run:
     eval_names = [store.meta.validation_split] + [TEST_SPLIT] * (TEST_SPLIT in store.split_names())
 
     # The online teacher is loaded before torch is seeded, so it cannot shift the student's RNG.
-    online = online_teacher(config.online, ckpt, device) if config.online is not None else None
+    online = online_teacher(config.online, ckpt, device, task.name) if config.online is not None else None
     torch.manual_seed(config.seed)
     student, init = build_student(config.init or ckpt.source_path, config.layers, store.meta.label_names,
-                                  _vocab_size(store, ckpt))
+                                  _vocab_size(store, ckpt), task.name)
     student.to(device).train()
 
     name = ckpt.name if ckpt is not None else None
@@ -342,7 +357,8 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
         task = bar.add_task("train", total=total_steps, rate="", loss="-")
         while step < total_steps:
             for batch in run.train_batches.epoch(epoch):
-                parts = _train_step(student, run.train_teacher, batch.to(run.device), config, loss_cfg, opt, sched)
+                parts = _train_step(student, run.train_teacher, batch.to(run.device), config, loss_cfg, opt, sched,
+                                    run.store.meta.task)
                 step += 1
                 examples += len(batch)
                 losses.append(parts[0])
@@ -352,7 +368,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
                 if _eval_due(step, total_steps, steps_per_epoch, config.eval_every):
                     tick = time.perf_counter()
                     result = evaluate(student, *run.evals[0], loss_cfg, run.device)
-                    line = {"step": step, "epoch": epoch + 1, **asdict(result), **running.means(),
+                    line = {"step": step, "epoch": epoch + 1, **result.to_dict(), **running.means(),
                             "lr": sched.get_last_lr()[0]}
                     log.write(json.dumps(line) + "\n")
                     log.flush()
@@ -377,7 +393,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     result = TrainResult(out, name, run.metric, step, best_step, best_result, test, losses, train_seconds,
                          examples / train_seconds)
     summary = {"checkpoint": name, "metric": run.metric, "steps": step, "best_step": best_step,
-               "best_validation": asdict(best_result), "test": asdict(test) if test else None,
+               "best_validation": best_result.to_dict(), "test": test.to_dict() if test else None,
                "final_train_loss": losses[-1], "train_seconds": round(train_seconds, 3),
                "examples_per_s": round(result.examples_per_s, 2)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -388,11 +404,12 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
 
 
 def _train_step(student: torch.nn.Module, teacher: Teacher | None, batch: Batch, config: TrainConfig,
-                loss_cfg: KDLossConfig, opt: torch.optim.Optimizer, sched: Any) -> tuple[float, float, float]:
+                loss_cfg: KDLossConfig, opt: torch.optim.Optimizer, sched: Any,
+                task: str = "sequence-classification") -> tuple[float, float, float]:
     """One optimizer step on ``batch``; returns (loss, ce, kd) as floats (nan for a part not computed)."""
-    z_s = student(**forward_kwargs(student, batch)).logits  # (B, C)
-    z_t = teacher.logits(batch) if teacher is not None else None  # (B, C)
-    out = kd_loss(z_s, batch.labels if config.alpha < 1 else None, z_t, loss_cfg)
+    z_s = model_logits(student(**forward_kwargs(student, batch)), task)  # (B, C), or (B, T, C)
+    z_t = teacher.logits(batch) if teacher is not None else None  # same shape as z_s
+    out, _ = task_loss(task, z_s, batch.labels, z_t, loss_cfg, batch.attention_mask, use_labels=config.alpha < 1)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)

@@ -1,0 +1,355 @@
+"""Extractive question answering (SQuAD style): read, check, window, decode and score.
+
+Pure helpers over numpy and a Hugging Face fast tokenizer (no torch). Records are flat:
+``{"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}}``.
+Long contexts are cut into overlapping windows the way the HF ``run_qa`` example does.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from logitstore.errors import DataError
+
+_FORMAT_FIX = ("use official SQuAD JSON ({\"data\": [{\"paragraphs\": [...]}]}) or JSON lines / a JSON list of "
+               "{\"question\", \"context\", \"answers\": {\"text\": [...], \"answer_start\": [...]}}")
+
+
+# ---------------------------------------------------------------------------- reading
+
+def read_squad(path: Path) -> list[dict]:
+    """Flat records from official SQuAD JSON, or from JSON lines / a JSON list of flat records.
+
+    Missing ids become the row number as a string. Raises DataError naming the path.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"QA data file {path} does not exist; pass an existing SQuAD .json or .jsonl file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read QA data {path} ({type(exc).__name__}: {exc}); check the path and that it is UTF-8 JSON") from exc
+    if not text.strip():
+        raise DataError(f"QA data file {path} is empty; add examples")
+    try:
+        raw: Any = json.loads(text)
+    except json.JSONDecodeError:
+        raw = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                raw.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {n} is not valid JSON ({exc.msg}); {_FORMAT_FIX}") from None
+    try:
+        if isinstance(raw, dict) and isinstance(raw.get("data"), list) and all(
+                isinstance(a, dict) and "paragraphs" in a for a in raw["data"]):
+            records = _from_official(raw["data"])
+        elif isinstance(raw, dict) and isinstance(raw.get("data"), list):
+            records = [_flat_record(r, i) for i, r in enumerate(raw["data"])]
+        elif isinstance(raw, list):
+            records = [_flat_record(r, i) for i, r in enumerate(raw)]
+        elif isinstance(raw, dict) and "question" in raw:
+            records = [_flat_record(raw, 0)]
+        else:
+            raise _Bad(f"top level is a {type(raw).__name__} without a \"data\" list")
+    except _Bad as exc:
+        raise DataError(f"{path} is not SQuAD data: {exc}; {_FORMAT_FIX}") from None
+    if not records:
+        raise DataError(f"{path} holds no questions; add examples")
+    return records
+
+
+class _Bad(Exception):
+    """Internal: a structural problem, turned into a DataError naming the path."""
+
+
+def _from_official(articles: list) -> list[dict]:
+    out: list[dict] = []
+    for a, article in enumerate(articles):
+        paragraphs = article["paragraphs"]
+        if not isinstance(paragraphs, list):
+            raise _Bad(f"data[{a}].paragraphs is not a list")
+        for p, para in enumerate(paragraphs):
+            where = f"data[{a}].paragraphs[{p}]"
+            if not isinstance(para, dict) or not isinstance(para.get("context"), str) or not isinstance(para.get("qas"), list):
+                raise _Bad(f"{where} needs a string \"context\" and a list \"qas\"")
+            for q, qa in enumerate(para["qas"]):
+                if not isinstance(qa, dict) or not isinstance(qa.get("question"), str):
+                    raise _Bad(f"{where}.qas[{q}] has no string \"question\"")
+                answers = qa.get("answers", [])
+                if not isinstance(answers, list) or not all(
+                        isinstance(x, dict) and "text" in x and "answer_start" in x for x in answers):
+                    raise _Bad(f"{where}.qas[{q}].answers must be a list of {{\"text\", \"answer_start\"}}")
+                record = {"id": qa.get("id"), "question": qa["question"], "context": para["context"],
+                          "answers": {"text": [x["text"] for x in answers],
+                                      "answer_start": [x["answer_start"] for x in answers]}}
+                out.append(_flat_record(record, len(out)))
+    return out
+
+
+def _flat_record(r: Any, row: int) -> dict:
+    if not isinstance(r, dict):
+        raise _Bad(f"row {row} is a {type(r).__name__}, not an object")
+    for key in ("question", "context"):
+        if not isinstance(r.get(key), str):
+            raise _Bad(f"row {row} has no string {key!r}")
+    answers = r.get("answers", {"text": [], "answer_start": []})
+    if isinstance(answers, list):  # a list of {"text", "answer_start"} is accepted too
+        if not all(isinstance(x, dict) and "text" in x and "answer_start" in x for x in answers):
+            raise _Bad(f"row {row} answers must be {{\"text\": [...], \"answer_start\": [...]}}")
+        answers = {"text": [x["text"] for x in answers], "answer_start": [x["answer_start"] for x in answers]}
+    if not isinstance(answers, dict) or not isinstance(answers.get("text"), list) \
+            or not isinstance(answers.get("answer_start"), list):
+        raise _Bad(f"row {row} answers must be {{\"text\": [...], \"answer_start\": [...]}}")
+    texts, starts = answers["text"], answers["answer_start"]
+    if len(texts) != len(starts):
+        raise _Bad(f"row {row} has {len(texts)} answer texts but {len(starts)} answer starts")
+    if not all(isinstance(t, str) for t in texts) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in starts):
+        raise _Bad(f"row {row} answer texts must be strings and answer starts integers")
+    rid = r.get("id")
+    return {"id": str(row) if rid is None else str(rid), "question": r["question"], "context": r["context"],
+            "answers": {"text": list(texts), "answer_start": list(starts)}}
+
+
+def check_answers(records: Sequence[dict], where: str) -> None:
+    """Raise DataError unless every record has answers and each lies exactly at its answer_start."""
+    for rec in records:
+        context, answers = rec["context"], rec["answers"]
+        if not answers["text"]:
+            raise DataError(
+                f"{where}: question {rec['id']} has no answer; unanswerable questions (SQuAD 2.0) are not "
+                "supported, drop them or give an answer"
+            )
+        for text, start in zip(answers["text"], answers["answer_start"]):
+            if not (0 <= start and start + len(text) <= len(context) and context[start:start + len(text)] == text):
+                raise DataError(
+                    f"{where}: answer {text!r} of question {rec['id']} is not at character {start} of its context "
+                    "(span outside the context or text mismatch); fix answer_start"
+                )
+
+
+# ---------------------------------------------------------------------------- windows
+
+@dataclass(frozen=True)
+class Windows:
+    """Tokenized (question, context window) pairs, ragged and unpadded.
+
+    Window r is ``input_ids[offsets[r]:offsets[r + 1]]``; ``offset_mapping`` is the
+    character span in the context of each context token, (-1, -1) for the others;
+    ``window_of[r]`` is the record of window r; ``labels[r]`` the (start, end) token of
+    the first answer within window r, or (0, 0) when it is not wholly inside.
+    """
+
+    input_ids: np.ndarray       # (T,) int32
+    offsets: np.ndarray         # (R + 1,) int64
+    token_type_ids: np.ndarray  # (T,) int8
+    offset_mapping: np.ndarray  # (T, 2) int32
+    window_of: np.ndarray       # (R,) int64
+    labels: np.ndarray          # (R, 2) int64
+
+    def __len__(self) -> int:
+        return len(self.window_of)
+
+
+def make_windows(tokenizer: Any, records: Sequence[dict], max_length: int, stride: int) -> Windows:
+    """Tokenize records into overlapping windows of at most ``max_length`` tokens (HF run_qa style)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(f"{type(tokenizer).__name__} is not a fast tokenizer; load it with AutoTokenizer(use_fast=True)")
+    if stride < 0 or max_length <= stride:
+        raise DataError(f"need 0 <= stride < max_length; got stride {stride}, max_length {max_length}: lower the stride")
+    if not records:
+        raise DataError("no QA records to tokenize; pass at least one")
+    try:
+        enc = tokenizer([r["question"] for r in records], [r["context"] for r in records], truncation="only_second",
+                        max_length=max_length, stride=stride, return_overflowing_tokens=True,
+                        return_offsets_mapping=True, return_token_type_ids=True)
+    except Exception as exc:
+        raise DataError(
+            f"cannot cut QA records into windows of {max_length} tokens with stride {stride} ({type(exc).__name__}: "
+            f"{exc}); raise max_length, lower the stride or shorten the questions"
+        ) from exc
+    ids = enc["input_ids"]
+    n_win = len(ids)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=n_win)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    total = int(offsets[-1])
+    flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=total)
+    tt = np.fromiter((t for row in enc["token_type_ids"] for t in row), dtype=np.int8, count=total)
+    window_of = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
+    omap = np.full((total, 2), -1, dtype=np.int32)
+    labels = np.zeros((n_win, 2), dtype=np.int64)
+    for r in range(n_win):
+        seq = np.array([-1 if s is None else s for s in enc.sequence_ids(r)], dtype=np.int64)
+        ctx = np.flatnonzero(seq == 1)
+        spans = np.asarray(enc["offset_mapping"][r], dtype=np.int64).reshape(-1, 2)
+        omap[offsets[r] + ctx] = spans[ctx]
+        answers = records[int(window_of[r])]["answers"]
+        if len(ctx) == 0 or not answers["text"]:
+            continue
+        start_char = int(answers["answer_start"][0])
+        end_char = start_char + len(answers["text"][0])
+        cs = spans[ctx]
+        if not (cs[0, 0] <= start_char and cs[-1, 1] >= end_char):
+            continue  # answer not wholly inside this window: label [CLS]
+        first = ctx[np.flatnonzero(cs[:, 0] <= start_char)[-1]]
+        last = ctx[np.flatnonzero(cs[:, 1] >= end_char)[0]]
+        labels[r] = (first, last)
+    return Windows(flat, offsets, tt, omap, window_of, labels)
+
+
+# ---------------------------------------------------------------------------- decoding
+
+def best_spans(start_logits: list[np.ndarray], end_logits: list[np.ndarray], windows: Windows,
+               contexts: list[str], n_best: int = 20, max_answer_tokens: int = 30) -> list[str]:
+    """Best answer text per record: highest start + end logit over context spans of all its windows.
+
+    Only the ``n_best`` top start and end positions of each window are paired; a span must
+    have end >= start and at most ``max_answer_tokens`` tokens. "" when no span is valid.
+    """
+    n_win = len(windows)
+    if len(start_logits) != n_win or len(end_logits) != n_win:
+        raise DataError(f"got {len(start_logits)} start and {len(end_logits)} end logit rows for {n_win} windows; "
+                        "pass one row per window")
+    if n_win and int(windows.window_of.max()) >= len(contexts):
+        raise DataError(f"windows refer to record {int(windows.window_of.max())} but only {len(contexts)} contexts "
+                        "were given; pass the contexts the windows were made from")
+    best: list[tuple[float, str] | None] = [None] * len(contexts)
+    for r in range(n_win):
+        lo, hi = int(windows.offsets[r]), int(windows.offsets[r + 1])
+        s = np.asarray(start_logits[r], dtype=np.float64).reshape(-1)
+        e = np.asarray(end_logits[r], dtype=np.float64).reshape(-1)
+        if len(s) != hi - lo or len(e) != hi - lo:
+            raise DataError(f"window {r} has {hi - lo} tokens but {len(s)} start / {len(e)} end logits; "
+                            "pass unpadded per-window logits")
+        spans = windows.offset_mapping[lo:hi]
+        is_ctx = spans[:, 0] >= 0
+        top_s = np.argsort(-s, kind="stable")[:n_best]
+        top_e = np.argsort(-e, kind="stable")[:n_best]
+        si, ei = np.meshgrid(top_s, top_e, indexing="ij")
+        ok = is_ctx[si] & is_ctx[ei] & (ei >= si) & (ei - si + 1 <= max_answer_tokens)
+        if not ok.any():
+            continue
+        score = np.where(ok, s[si] + e[ei], -np.inf)
+        k = int(np.argmax(score))  # first maximum: ties go to the earlier start, then end
+        i, j = int(si.flat[k]), int(ei.flat[k])
+        rec = int(windows.window_of[r])
+        if best[rec] is None or score.flat[k] > best[rec][0]:
+            best[rec] = (float(score.flat[k]), contexts[rec][int(spans[i, 0]):int(spans[j, 1])])
+    return ["" if b is None else b[1] for b in best]
+
+
+# ---------------------------------------------------------------------------- scoring
+
+def _normalize(s: str) -> str:
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+_PUNCT = set(string.punctuation)
+
+
+def _f1(pred: str, gold: str) -> float:
+    p, g = _normalize(pred).split(), _normalize(gold).split()
+    same = sum((Counter(p) & Counter(g)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: list[str], answers: list[list[str]]) -> dict[str, float]:
+    """SQuAD v1.1 exact match and token F1 as fractions in [0, 1] (max over gold answers, mean over questions)."""
+    if len(predictions) != len(answers):
+        raise DataError(f"got {len(predictions)} predictions for {len(answers)} questions; pass one per question")
+    if not predictions:
+        raise DataError("no predictions to score; pass at least one question")
+    em = f1 = 0.0
+    for q, (pred, golds) in enumerate(zip(predictions, answers)):
+        if not golds:
+            raise DataError(f"question {q} has no gold answer; drop unanswerable questions before scoring")
+        em += max(float(_normalize(pred) == _normalize(g)) for g in golds)
+        f1 += max(_f1(pred, g) for g in golds)
+    return {"exact_match": em / len(predictions), "f1": f1 / len(predictions)}
+
+
+# ---------------------------------------------------------------------------- synthetic data
+
+_FIRST = ["Alice", "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines", "Jonas",
+          "Keiko", "Lars", "Marta", "Nikolai", "Olga", "Pavel", "Rosa", "Sven", "Tomas", "Vera"]
+_LAST = ["Smith", "Okafor", "Lindqvist", "Moreau", "Novak", "Tanaka", "Duarte", "Keller", "Brennan", "Varga",
+         "Holm", "Castillo", "Weber", "Ferreira", "Kowalski"]
+_CITIES = ["Lisbon", "Oslo", "Krakow", "Porto", "Ghent", "Tallinn", "Bergen", "Turin", "Leipzig", "Graz",
+           "Malmo", "Utrecht", "Seville", "Bilbao", "Riga"]
+_JOBS = ["baker", "architect", "sailor", "teacher", "painter", "chemist", "carpenter", "journalist",
+         "surgeon", "librarian"]
+_INSTRUMENTS = ["violin", "cello", "piano", "flute", "trumpet", "harp", "clarinet", "guitar"]
+# (fact sentence, question, answer slot): the answer is the text filled into that slot
+_FACTS = [
+    ("{name} was born in {city} in {year}.", "Where was {name} born?", "city"),
+    ("{name} was born in {city} in {year}.", "In which year was {name} born?", "year"),
+    ("For many years {name} worked as a {job} near the harbour.", "What did {name} work as?", "job"),
+    ("In the evenings {name} liked to play the {instrument} for friends.", "Which instrument did {name} play?",
+     "instrument"),
+]
+_FILLERS = [
+    "The old market in {city} opens early on Saturdays.",
+    "A narrow river runs through {city} and floods almost every spring.",
+    "Visitors to {city} often praise its quiet gardens and small museums.",
+    "The winters in {city} were long, grey and surprisingly windy.",
+    "Most of the houses near the square in {city} were rebuilt after a fire.",
+    "Trains from {city} leave for the coast twice a day.",
+    "The local newspaper of {city} printed its first issue in {year}.",
+    "Many families in {city} kept goats and grew potatoes behind their houses.",
+]
+
+
+def synthetic_squad(n: int, seed: int = 0) -> list[dict]:
+    """``n`` deterministic synthetic QA records (flat layout) about made-up people and cities.
+
+    Even-numbered records have long contexts (about 150-300 words, several windows at
+    max_length 64); odd ones are short. Distractor sentences mention other people.
+    """
+    rng = random.Random(seed)
+    people = [f"{f} {l}" for f in _FIRST for l in _LAST]
+    out = []
+    for i in range(n):
+        chosen = rng.sample(people, 6)
+        target, others = chosen[0], chosen[1:]
+        fact, question, slot = _FACTS[rng.randrange(len(_FACTS))]
+        values = {"name": target, "city": rng.choice(_CITIES), "year": str(rng.randint(1850, 1999)),
+                  "job": rng.choice(_JOBS), "instrument": rng.choice(_INSTRUMENTS)}
+        sentences: list[str] = []
+        n_fill = rng.randint(16, 26) if i % 2 == 0 else rng.randint(2, 4)
+        for _ in range(n_fill):
+            if rng.random() < 0.4:  # a distractor fact about someone else
+                other_fact = _FACTS[rng.randrange(len(_FACTS))][0]
+                sentences.append(other_fact.format(name=rng.choice(others), city=rng.choice(_CITIES),
+                                                   year=rng.randint(1850, 1999), job=rng.choice(_JOBS),
+                                                   instrument=rng.choice(_INSTRUMENTS)))
+            else:
+                sentences.append(rng.choice(_FILLERS).format(city=rng.choice(_CITIES), year=rng.randint(1850, 1999)))
+        at = rng.randint(0, len(sentences))
+        prefix = " ".join(sentences[:at])
+        prefix = prefix + " " if prefix else ""
+        head, tail = fact.split("{" + slot + "}")
+        head = head.format(**values)
+        answer = values[slot]
+        answer_sentence = head + answer + tail.format(**values)
+        rest = " ".join(sentences[at:])
+        context = prefix + answer_sentence + (" " + rest if rest else "")
+        out.append({"id": f"synthetic-{seed}-{i}", "question": question.format(**values), "context": context,
+                    "answers": {"text": [answer], "answer_start": [len(prefix) + len(head)]}})
+    return out
