@@ -92,3 +92,125 @@ def tiny_data(tmp_path_factory) -> Path:
 def _private_hf_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
     monkeypatch.setenv("LOGITSTORE_CACHE", str(tmp_path_factory.getbasetemp() / "logitstore-cache"))
+
+
+# ---------------------------------------------------------------------------- token tasks (NER, QA)
+
+NER_TYPES = ("actor", "film")
+#: BIO label names of the NER helpers, in logitstore.ner.label_names order.
+NER_LABELS = ["O", "B-actor", "I-actor", "B-film", "I-film"]
+#: Words that split into several WordPiece tokens with the conftest vocabulary (film ##s...).
+SPLIT_WORDS = ("films", "actors", "scenes", "watching", "endings")
+
+
+def _fast_tokenizer(folder: Path):
+    """make_tokenizer's vocabulary as a fast (Rust) tokenizer: token tasks need word_ids()
+    and character offsets."""
+    tok = make_tokenizer(folder)
+    if not tok.is_fast:  # transformers < 5: BertTokenizer is the slow Python one
+        from transformers import BertTokenizerFast
+
+        tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+        tok.save_pretrained(folder)
+    assert tok.is_fast
+    return tok
+
+
+def _tiny_bert_config(num_labels: int, names: list[str], layers: int):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=5 + len(WORDS) + 2, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+    )
+
+
+def make_token_teacher(folder: Path, seed: int, label_names: list[str] | None = None, layers: int = 2) -> Path:
+    """A tiny random BertForTokenClassification checkpoint (fast tokenizer) in ``folder``."""
+    import torch
+    from transformers import BertForTokenClassification
+
+    names = list(label_names or NER_LABELS)
+    torch.manual_seed(seed)
+    model = BertForTokenClassification(_tiny_bert_config(len(names), names, layers)).eval()
+    with torch.no_grad():  # spread the random head so per-token predictions differ
+        model.classifier.weight.mul_(20.0)
+    model.save_pretrained(folder)
+    _fast_tokenizer(folder)
+    return folder
+
+
+def make_qa_teacher(folder: Path, seed: int, layers: int = 2) -> Path:
+    """A tiny random BertForQuestionAnswering checkpoint (fast tokenizer) in ``folder``."""
+    import torch
+    from transformers import BertForQuestionAnswering
+
+    torch.manual_seed(seed)
+    model = BertForQuestionAnswering(_tiny_bert_config(2, ["LABEL_0", "LABEL_1"], layers)).eval()
+    with torch.no_grad():
+        model.qa_outputs.weight.mul_(20.0)
+    model.save_pretrained(folder)
+    _fast_tokenizer(folder)
+    return folder
+
+
+def make_ner_rows(n: int, seed: int, min_words: int = 3, max_words: int = 12) -> list[dict]:
+    """``n`` sentences {"tokens", "ner_tags"} of vocabulary words with valid BIO actor/film
+    entities; some words split into sub-tokens (SPLIT_WORDS) and some are capitalised."""
+    rng = random.Random(seed)
+    pool = list(WORDS) + list(SPLIT_WORDS)
+    rows = []
+    for _ in range(n):
+        target = rng.randint(min_words, max_words)
+        tokens: list[str] = []
+        tags: list[str] = []
+        while len(tokens) < target:
+            if rng.random() < 0.3:
+                kind = rng.choice(NER_TYPES)
+                k = min(rng.randint(1, 3), target - len(tokens))
+                for j in range(k):
+                    tokens.append(rng.choice(pool))
+                    tags.append(("B-" if j == 0 else "I-") + kind)
+            else:
+                tokens.append(rng.choice(pool))
+                tags.append("O")
+        tokens = [w.capitalize() if rng.random() < 0.1 else w for w in tokens]
+        rows.append({"tokens": tokens, "ner_tags": tags})
+    return rows
+
+
+def make_qa_records(n: int, seed: int, long_every: int = 2) -> list[dict]:
+    """``n`` SQuAD-style flat records made of vocabulary words only (no [UNK]): every
+    ``long_every``-th context is long (several windows at max_length 48), the others short.
+    The answer is a run of 1-3 context words; answer_start is its character offset."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        n_words = rng.randint(50, 80) if i % long_every == 0 else rng.randint(6, 14)
+        words = rng.choices(WORDS, k=n_words)
+        at = rng.randrange(n_words)
+        k = min(rng.randint(1, 3), n_words - at)
+        context = " ".join(words)
+        start = len(" ".join(words[:at])) + (1 if at else 0)
+        answer = " ".join(words[at:at + k])
+        assert context[start:start + len(answer)] == answer
+        question = " ".join(rng.choices(WORDS, k=rng.randint(3, 6)))
+        out.append({"id": f"q{i}", "question": question, "context": context,
+                    "answers": {"text": [answer], "answer_start": [start]}})
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_ner_splits(folder: Path, sizes: dict[str, int], seed: int = 0) -> Path:
+    """JSONL files <split>.jsonl with columns tokens, ner_tags."""
+    for k, (split, n) in enumerate(sizes.items()):
+        write_jsonl(folder / f"{split}.jsonl", make_ner_rows(n, seed + k))
+    return folder
