@@ -14,6 +14,11 @@ running the teacher in the loop) is reported per student size.
 
     python benchmarks/bench_students.py --examples 2000 --steps 40 --rounds 2
 
+``--task ner`` does the same for token-classification students on WNUT-16 tweets (KD per
+labelled token), and also reports the store: build throughput and bytes per stored
+token logit for fp16, fp32 and int8. ``--teacher`` takes a fine-tuned checkpoint (its
+logits compress differently from a fresh head's; throughput does not depend on it).
+
 Prints a markdown table (paste into docs/benchmarks.md) and writes it to --report. The
 teacher is the pretrained MiniLM-L6 with a fresh 3-label head (logitstore.assets): its
 accuracy is irrelevant to throughput.
@@ -29,8 +34,10 @@ from pathlib import Path
 
 import torch
 
+from logitstore import open_store
 from logitstore.assets import ASSETS, RT_LABELS, fetch, minilm_classifier, rotten_tomatoes_splits
 from logitstore.build import BuildConfig, build_store
+from logitstore.ner import label_names, read_conll, wnut_splits
 from students.train import TrainConfig, train
 
 MODES = {  # name -> (alpha, online)
@@ -52,20 +59,49 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache", type=Path, default=Path(".cache/assets"))
     p.add_argument("--store", type=Path, default=None, help="reuse this store instead of building one")
-    p.add_argument("--report", type=Path, default=Path("benchmarks/results/students.md"))
+    p.add_argument("--task", default="classification", choices=["classification", "ner"],
+                   help="classification: Rotten Tomatoes; ner: WNUT-16 token classification (default classification)")
+    p.add_argument("--teacher", type=Path, default=None, help="teacher checkpoint (default: MiniLM-L6, fresh head)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="default benchmarks/results/students.md (ner: students-ner.md)")
     args = p.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     layers = [int(k) for k in args.layers.split(",")]
+    report = args.report or Path(f"benchmarks/results/students{'-ner' if args.task == 'ner' else ''}.md")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-students-"))
     store = args.store
+    store_lines: list[str] = []
     if store is None:
         model_dir = fetch(ASSETS["minilm"], args.cache)
-        data = rotten_tomatoes_splits(fetch(ASSETS["rotten-tomatoes"], args.cache),
-                                      args.cache / f"rotten-tomatoes-{args.examples}-s0", limit=args.examples)
-        teacher = minilm_classifier(model_dir, args.cache / "minilm-l6-rt3", RT_LABELS)
-        store = tmp / "store.zarr"
-        build_store(BuildConfig(teachers=(teacher,), data=str(data), out=store, max_length=args.max_length))
+        if args.task == "ner":
+            corpus = fetch(ASSETS["wnut16"], args.cache)
+            data = wnut_splits(corpus, args.cache / f"wnut16-{args.examples}-s0", limit=args.examples)
+            labels = label_names(tags for _, tags in read_conll(corpus))
+            teacher = args.teacher or minilm_classifier(model_dir, args.cache / "minilm-l6-wnut16", labels,
+                                                        task="token-classification")
+        else:
+            data = rotten_tomatoes_splits(fetch(ASSETS["rotten-tomatoes"], args.cache),
+                                          args.cache / f"rotten-tomatoes-{args.examples}-s0", limit=args.examples)
+            teacher = args.teacher or minilm_classifier(model_dir, args.cache / "minilm-l6-rt3", RT_LABELS)
+        task = "token-classification" if args.task == "ner" else "sequence-classification"
+        for dtype in ("fp16", "fp32", "int8") if args.task == "ner" else ("fp16",):
+            out = tmp / f"store-{dtype}.zarr"
+            res = build_store(BuildConfig(teachers=(teacher,), data=str(data), out=out, max_length=args.max_length,
+                                          encoding=dtype, task=task))
+            st = open_store(out)
+            ck = st.checkpoint_names()[0]
+            rows = sum(st.split_meta(s).rows for s in st.split_names())
+            tokens = sum(st.split_meta(s).tokens for s in st.split_names())
+            vectors = tokens if st.meta.layout == "token" else rows
+            logit_bytes = st.nbytes_on_disk(f"checkpoints/{ck}")
+            secs = st.checkpoint(ck).build_seconds
+            store_lines.append(f"| {dtype} | {rows:,} | {tokens:,} | {secs:.1f} | {rows / secs:.0f} | "
+                               f"{tokens / secs:.0f} | {logit_bytes / (vectors * st.meta.num_labels):.2f} | "
+                               f"{st.checkpoint(ck).encode_max_abs_err:.1e} |")
+            if dtype == "fp16":
+                store = out
+        print("\n".join(store_lines))
 
     # One short untimed run first, so allocator and thread-pool start-up fall on no measurement.
     train(TrainConfig(store=str(store), out=str(tmp / "warm-up"), layers=layers[0], max_steps=3,
@@ -94,13 +130,20 @@ def main() -> None:
         plain, cached, opt, onx = (med[k, m] for m in MODES)
         lines.append(f"| {k} layer{'s' if k > 1 else ''} | {plain:.1f} | {cached:.1f} | {cached / plain:.2f} | "
                      f"{opt:.1f} | {onx:.1f} | {cached / opt:.2f} | {cached / onx:.2f} |")
+    if store_lines:
+        lines += ["", f"Store build of one checkpoint over every split (export + inference + writes; "
+                      f"{'per-token logits, ' if args.task == 'ner' else ''}C = {open_store(store).meta.num_labels})",
+                  "", "| dtype | rows | tokens | build s | rows/s | tokens/s | bytes per stored logit | max encode error |",
+                  "|---|---|---|---|---|---|---|---|", *store_lines]
     lines += ["", "    python benchmarks/bench_students.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in (("examples", args.examples), ("steps", args.steps),
-                                                    ("rounds", args.rounds), ("layers", args.layers)))]
+        f"--{k.replace('_', '-')} {v}" for k, v in (("task", args.task), ("examples", args.examples),
+                                                    ("steps", args.steps), ("rounds", args.rounds),
+                                                    ("layers", args.layers)))
+        + (f" --teacher {args.teacher}" if args.teacher else "")]
     table = "\n".join(lines) + "\n"
     print(table)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(table)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(table)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,26 @@
 #   6. print the report; its folder is printed last
 # Every finished stage is skipped on a rerun. Scale up with the variables below, e.g.
 #   EXAMPLES=all TEACHER_EPOCHS=3 STUDENT_EPOCHS=3 SWEEP_LAYERS=1,2,3 SWEEP_SEEDS=3 bash scripts/demo.sh runs/big
+# --task ner runs the same stages on WNUT-16 tweets (named entities, BIO tags, per-token
+# logits; metric: entity F1) with a MiniLM-L6 token classifier as the teacher:
+#   bash scripts/demo.sh --task ner runs/ner
 # DEMO_SKIP_SETUP=1 skips the install step (the tests use it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-runs/demo}"
-EXAMPLES="${EXAMPLES:-1500}"            # examples from the corpus ("all" = 13.8k), split 80/10/10
-TEACHER_EPOCHS="${TEACHER_EPOCHS:-4}"
-TEACHER_LR="${TEACHER_LR:-1e-4}"
+TASK=classification
+if [ "${1:-}" = "--task" ]; then TASK="${2:?--task needs classification or ner}"; shift 2; fi
+case "$TASK" in
+  classification) default_out=runs/demo; d_examples=1500; d_epochs=4; d_lr=1e-4; d_slr=5e-4 ;;
+  ner) default_out=runs/ner; d_examples=all; d_epochs=6; d_lr=2e-4; d_slr=5e-4 ;;
+  *) echo "error: --task must be classification or ner; got '$TASK' instead" >&2; exit 2 ;;
+esac
+out="${1:-$default_out}"
+EXAMPLES="${EXAMPLES:-$d_examples}"     # examples from the corpus ("all": 13.8k reviews / 2,394 tweets), split 80/10/10
+TEACHER_EPOCHS="${TEACHER_EPOCHS:-$d_epochs}"
+TEACHER_LR="${TEACHER_LR:-$d_lr}"
 TEACHER_EVALS="${TEACHER_EVALS:-4}"     # teacher checkpoints saved (one per evaluation)
 STUDENT_EPOCHS="${STUDENT_EPOCHS:-1}"
-STUDENT_LR="${STUDENT_LR:-5e-4}"
+STUDENT_LR="${STUDENT_LR:-$d_slr}"
 STUDENT_LAYERS="${STUDENT_LAYERS:-1 2 3}"
 SWEEP_LAYERS="${SWEEP_LAYERS:-1}"
 SWEEP_SEEDS="${SWEEP_SEEDS:-1}"
@@ -47,24 +57,25 @@ t_start=$SECONDS
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$out"
 limit_flag=(); [ "$EXAMPLES" != "all" ] && limit_flag=(--limit "$EXAMPLES")
-paths="$(python -m logitstore.assets --out .cache/assets "${limit_flag[@]}")"
+task_flag=(); [ "$TASK" = ner ] && task_flag=(--task ner)
+paths="$(python -m logitstore.assets --out .cache/assets "${limit_flag[@]}" "${task_flag[@]}")"
 data="$(sed -n 's/^data //p' <<<"$paths")"
 init="$(sed -n 's/^teacher-init //p' <<<"$paths")"
+labels="$(sed -n 's/^labels //p' <<<"$paths")"
 store="$out/logits.zarr"
-labels="fresh,rotten,plot"
 
 stage "token ids (store without teachers)" "$store/splits/train/zarr.json" \
-  logitstore build --tokenizer "$init" --labels "$labels" --data "$data" --out "$store"
+  logitstore build "${task_flag[@]}" --tokenizer "$init" --labels "$labels" --data "$data" --out "$store"
 
 train_rows=$(python -c "from logitstore import open_store; print(open_store('$store').split_meta('train').rows)")
 steps_per_epoch=$(( (train_rows + 31) / 32 ))
 teacher_eval_every=$(( (steps_per_epoch * TEACHER_EPOCHS + TEACHER_EVALS - 1) / TEACHER_EVALS ))
-stage "fine-tune the teacher (MiniLM-L6, alpha 0)" "$out/teacher/summary.json" \
+stage "fine-tune the teacher (MiniLM-L6, alpha 0, $TASK)" "$out/teacher/summary.json" \
   students train --store "$store" --out "$out/teacher" --alpha 0 --layers 6 --init "$init" \
     --epochs "$TEACHER_EPOCHS" --lr "$TEACHER_LR" --eval-every "$teacher_eval_every" --save-checkpoints
 
 stage "logit store from every teacher checkpoint" "$out/.store-complete" \
-  bash -c "logitstore build --teacher '$out/teacher' --data '$data' --labels '$labels' --out '$store' && touch '$out/.store-complete'"
+  bash -c "logitstore build ${task_flag[*]} --teacher '$out/teacher' --data '$data' --labels '$labels' --out '$store' && touch '$out/.store-complete'"
 
 for k in $STUDENT_LAYERS; do
   stage "student, $k layer(s), KD (tll, CE, tau_t 2, tau_s 1, alpha 0.5)" "$out/students/L$k-kd/summary.json" \
@@ -85,22 +96,23 @@ import json, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
+teacher = out / "teacher" / "summary.json"
+metric = json.loads(teacher.read_text())["metric"]  # accuracy; entity f1 for NER
 def acc(summary, split):
     s = json.loads(summary.read_text())
-    return s["best_validation"]["accuracy"] if split == "validation" else (s["test"] or {}).get("accuracy")
+    return s["best_validation"][metric] if split == "validation" else (s["test"] or {}).get(metric)
 rows = [(f"student {d.parent.name}", d) for d in sorted((out / "students").glob("*/summary.json"))]
 for cfg in sorted((out / "sweep" / "runs").glob("*/run_config.json")):
     c = json.loads(cfg.read_text())
     if c["alpha"] == 0 and (cfg.parent / "summary.json").exists():
         rows.append((f"sweep no-KD L{c['layers']}", cfg.parent / "summary.json"))
-teacher = out / "teacher" / "summary.json"
-print(f"{'teacher MiniLM-L6':>22}: validation accuracy {acc(teacher, 'validation'):.4f}, test {acc(teacher, 'test'):.4f}")
+print(f"{'teacher MiniLM-L6':>22}: validation {metric} {acc(teacher, 'validation'):.4f}, test {acc(teacher, 'test'):.4f}")
 for name, path in rows:
-    print(f"{name:>22}: validation accuracy {acc(path, 'validation'):.4f}, test {acc(path, 'test'):.4f}")
+    print(f"{name:>22}: validation {metric} {acc(path, 'validation'):.4f}, test {acc(path, 'test'):.4f}")
 one = [acc(p, "test") for n, p in rows if n == "sweep no-KD L1"]
 if one:
     gap = acc(teacher, "test") - max(one)
-    print(f"teacher vs best 1-layer student without KD, test accuracy: {gap:+.4f}"
+    print(f"teacher vs best 1-layer student without KD, test {metric}: {gap:+.4f}"
           + ("" if gap > 0.02 else "  (WARNING: the teacher is not clearly better; train it longer)"))
 EOF
 echo "stage times:"

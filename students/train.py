@@ -193,7 +193,8 @@ def evaluate(student: torch.nn.Module, batches: SplitBatches, teacher: Teacher |
     student.train(was_training)
     scores = task_scores(meta.task, np.concatenate(parts), split, meta.label_names)
     ce = scores.pop("loss")
-    return EvalResult(split.name, len(split), scores, ce, kd_sum / max(kd_n, 1) if teacher is not None else None)
+    examples = len(split.contexts) if split.contexts is not None else len(split)  # QA: questions, not windows
+    return EvalResult(split.name, examples, scores, ce, kd_sum / max(kd_n, 1) if teacher is not None else None)
 
 
 def resolve_device(name: str) -> torch.device:

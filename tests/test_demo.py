@@ -48,3 +48,31 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done before, skipped") == 5  # token ids, teacher, store, student, sweep
+
+
+def test_ner_demo_end_to_end_at_reduced_size(tmp_path):
+    """`scripts/demo.sh --task ner`: the real MiniLM-L6 as a token classifier fine-tuned on
+    200 real WNUT-16 tweets, per-token logits in the store, a student and a sweep."""
+    out = tmp_path / "ner"
+    env = dict(os.environ, DEMO_SKIP_SETUP="1", EXAMPLES="200", TEACHER_EPOCHS="1", TEACHER_EVALS="2",
+               STUDENT_LAYERS="1", SWEEP_TEMPERATURES="2", SWEEP_ALPHAS="0.5",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), "--task", "ner", str(out)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == f"report: {out}/sweep"
+
+    store = open_store(out / "logits.zarr")
+    assert store.meta.task == "token-classification" and store.meta.layout == "token"
+    assert len(store.meta.label_names) == 21 and store.meta.label_names[0] == "O"
+    assert {s: store.split_meta(s).rows for s in store.split_names()} == {"train": 160, "validation": 20, "test": 20}
+    val = store.read_split("validation")
+    for c in store.checkpoints():
+        assert c.complete and c.layout == "token" and c.metric == "f1"
+        assert c.parity_max_abs_err < 1e-3 and 0 <= c.val_score <= 1 and c.val_loss > 0
+        assert store.read_logits(c.name, "validation").shape == (int(val.offsets[-1]), 21)
+    student = json.loads((out / "students" / "L1-kd" / "summary.json").read_text())
+    assert student["metric"] == "f1" and 0 <= student["best_validation"]["f1"] <= 1
+    assert 0.5 < student["best_validation"]["accuracy"] <= 1  # token accuracy: most words are O
+    for name in ("report.md", "rewards.png", "metrics.png"):
+        assert (out / "sweep" / name).stat().st_size > 500
