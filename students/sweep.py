@@ -24,7 +24,9 @@ the store has a test split (``train`` does that).
 
 Runs are keyed by a hash of their full training config (KD parameters, seed, training
 options), so a rerun of the same sweep skips every run already in results.jsonl; a
-truncated last line (a kill mid-write) is ignored. The runner takes ``run_fn`` (a
+truncated last line (a kill mid-write) is ignored. Runs that differ only in how they name
+the same teacher checkpoint (ths and tll resolving to one checkpoint) are trained once;
+the other is recorded with ``same_run_as`` pointing at it. The runner takes ``run_fn`` (a
 TrainConfig -> RunOutcome callable; the real one calls ``train``) so tests can inject a
 fake metric.
 """
@@ -379,12 +381,23 @@ class Runner:
     processes, each with cpu_count() // workers torch threads."""
 
     def __init__(self, sweep_dir: Path, template: TrainConfig, seeds: tuple[int, ...], run_fn: RunFn,
-                 workers: int = 1, console: Console | None = None) -> None:
+                 workers: int = 1, console: Console | None = None, teachers: Mapping[str, str] | None = None) -> None:
         self.dir, self.template, self.seeds, self.run_fn, self.workers = sweep_dir, template, seeds, run_fn, workers
         self.console = console or Console(quiet=True)
         self.records = load_results(sweep_dir, repair=True)
         self.ran = 0
         self._pool: ProcessPoolExecutor | None = None
+        # Teacher value -> the checkpoint it resolves to in the store (ths and tll may be the
+        # same one): runs that differ only by the name of the same checkpoint are run once.
+        self.teachers = dict(teachers or {})
+        self._by_twin: dict[str, str] = {}
+        for key, rec in self.records.items():
+            cfg = run_config(self.template, Point.from_dict(rec["point"]), rec["seed"], self.dir)
+            self._by_twin.setdefault(self._twin_key(cfg), key)
+
+    def _twin_key(self, cfg: TrainConfig) -> str:
+        """The run key with the teacher named by the checkpoint it resolves to."""
+        return run_key(replace(cfg, teacher=self.teachers.get(cfg.teacher, cfg.teacher)))
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -402,20 +415,32 @@ class Runner:
         """Make sure every point has a result for every seed; returns their stats."""
         pts = list(dict.fromkeys(p.canonical() for p in points))
         todo: dict[str, tuple[Point, int, TrainConfig]] = {}
+        twins: dict[str, tuple[Point, int, str]] = {}  # key -> (point, seed, key of the same run)
         for p in pts:
             for s in self.seeds:
                 cfg = run_config(self.template, p, s, self.dir)
                 key = Path(cfg.out).name
-                if key not in self.records:
-                    todo.setdefault(key, (p, s, cfg))
-        done_before = len(pts) * len(self.seeds) - len(todo)
+                if key in self.records or key in todo:
+                    continue
+                twin = self._by_twin.setdefault(self._twin_key(cfg), key)
+                if twin != key:
+                    twins[key] = (p, s, twin)
+                else:
+                    todo[key] = (p, s, cfg)
+        done_before = len(pts) * len(self.seeds) - len(todo) - len(twins)
         self.console.print(f"[bold]{stage or 'runs'}[/]: {len(pts)} configuration(s) x {len(self.seeds)} seed(s); "
-                           f"{len(todo)} to run, {done_before} already in {RESULTS}")
+                           f"{len(todo)} to run, {done_before} already in {RESULTS}"
+                           + (f", {len(twins)} the same as another run (ths and tll are one checkpoint)"
+                              if twins else ""))
         if self.workers > 1 and len(todo) > 1:
             self._run_parallel(todo)
         else:
             for key, (p, s, cfg) in todo.items():
                 self._record(key, p, s, *_timed(self.run_fn, cfg))
+        for key, (p, s, twin) in twins.items():
+            rec = {**self.records[twin], "key": key, "point": p.to_dict(), "seed": s, "same_run_as": twin}
+            append_record(self.dir, rec)
+            self.records[key] = json.loads(json.dumps(rec))
         return {p: self.stats(p) for p in pts}
 
     def _run_parallel(self, todo: dict[str, tuple[Point, int, TrainConfig]]) -> None:
@@ -637,7 +662,8 @@ def run_sweep(config: SweepConfig, run_fn: RunFn = train_run, console: Console |
                                 "greedy_order": list(GREEDY_ORDER), "train_options": options,
                                 "status": "running", "outcomes": []}
     _write_manifest(manifest_path, manifest)
-    runner = Runner(out, template, config.space.seeds, run_fn, config.workers, console)
+    runner = Runner(out, template, config.space.seeds, run_fn, config.workers, console,
+                    identity["teachers"] if identity is not None else None)
     strategy = greedy if config.strategy == "greedy" else grid
     try:
         outcomes = [strategy(config.space, k, runner.evaluate) for k in config.space.layers]

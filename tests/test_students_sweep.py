@@ -228,7 +228,12 @@ def test_parallel_and_sequential_sweeps_give_the_same_records(store, tmp_path, _
         cfg = SweepConfig(str(store), str(tmp_path / f"w{workers}"), "grid", space, workers, train)
         results[workers] = run_sweep(cfg)
     seq, par = results[1].records, results[2].records
-    assert results[1].ran == results[2].ran == 4 == len(seq)  # hinton, tll, recommended, no KD
+    from logitstore.store import open_store
+
+    picks = {t: open_store(store).select(t).name for t in ("ths", "tll")}
+    same = picks["ths"] == picks["tll"]  # then the tll run is the ths (hinton) run, recorded but not retrained
+    assert len(seq) == 4  # hinton, tll, recommended, no KD
+    assert results[1].ran == results[2].ran == 4 - same
     assert seq.keys() == par.keys()
     for key in seq:
         for name in ("val", "test", "checkpoint", "steps", "best_step", "point", "seed"):
@@ -236,11 +241,33 @@ def test_parallel_and_sequential_sweeps_give_the_same_records(store, tmp_path, _
         for split in ("val_eval", "test_eval"):
             assert seq[key][split] == pytest.approx(par[key][split], abs=1e-6)
         assert seq[key]["train_seconds"] > 0
-    from logitstore.store import open_store
-
-    picks = {t: open_store(store).select(t).name for t in ("ths", "tll")}
     assert {(r["point"]["teacher"], r["checkpoint"]) for r in seq.values()} == set(picks.items())
     assert (tmp_path / "w1" / "runs" / next(iter(seq)) / "model.safetensors").exists()
     # the same command again trains nothing
     again = run_sweep(SweepConfig(str(store), str(tmp_path / "w1"), "grid", space, 1, train))
     assert again.ran == 0
+
+
+def test_runs_that_name_the_same_checkpoint_twice_are_run_once(tmp_path):
+    """When ths and tll resolve to one checkpoint, a tll run is the ths run: it is recorded
+    (marked same_run_as) but not trained again, and its results are the ths run's."""
+    from students.sweep import Runner, greedy
+
+    CALLS.clear()
+    template = SweepConfig(store="fake.zarr", out=str(tmp_path), strategy="greedy", space=SPACE).template
+    runner = Runner(tmp_path, template, SPACE.seeds, fake_run, teachers={"ths": "checkpoint-9", "tll": "checkpoint-9"})
+    outcome = greedy(SPACE, 2, runner.evaluate)
+    trained = [(c[0], c[1], c[2], c[3], c[5]) for c in CALLS]  # every run minus the teacher's name
+    assert len(set(trained)) == len(trained)  # no run trained twice under the two names
+    records = load_results(tmp_path)
+    twins = [r for r in records.values() if "same_run_as" in r]
+    assert twins and all(r["point"]["teacher"] != records[r["same_run_as"]]["point"]["teacher"] for r in twins)
+    assert all(r["val"] == records[r["same_run_as"]]["val"] for r in twins)
+    assert runner.ran == len(CALLS) == len(records) - len(twins)
+    tll = [r for r in outcome.rewards if r.parameter == "teacher"]
+    assert tll and tll[0].r == 0.0  # the same runs: no reward either way
+
+    CALLS.clear()  # a resumed runner finds every run, twins included, and trains nothing
+    again = Runner(tmp_path, template, SPACE.seeds, fake_run, teachers={"ths": "checkpoint-9", "tll": "checkpoint-9"})
+    greedy(SPACE, 2, again.evaluate)
+    assert CALLS == [] and again.ran == 0
