@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from logitstore.errors import LogitStoreError
+from logitstore.errors import LogitStoreError, run_cli
 from logitstore.tasks import TASKS
 
 EPILOG = "Set LOGITSTORE_CACHE to move the ONNX export cache (default ~/.cache/logitstore)."
@@ -85,16 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except LogitStoreError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+    return run_cli(_run, args, LogitStoreError, "interrupted: rerun the same command to resume")
 
 
 def _run(args: argparse.Namespace) -> int:

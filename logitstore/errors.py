@@ -5,6 +5,9 @@ fits, so callers may catch ``FileNotFoundError`` or ``ValueError`` as usual.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 class LogitStoreError(Exception):
     """Base class: an error with a message meant for a user, printed without a traceback."""
@@ -44,3 +47,22 @@ class ProviderError(LogitStoreError, RuntimeError):
 
 class NoCheckpointError(LogitStoreError, LookupError):
     """The store has no complete checkpoint matching the request (name, ths or tll)."""
+
+
+def run_cli(run: Callable[[Any], int], args: Any, errors: type[BaseException] | tuple[type[BaseException], ...],
+            interrupted: str = "interrupted") -> int:
+    """Run a command-line entry point: ``errors`` become one ``error: ...`` line and exit
+    code 2 (``--debug`` re-raises them with the traceback); Ctrl-C prints ``interrupted``
+    and returns 130. Shared by the ``logitstore`` and ``students`` commands."""
+    import sys
+
+    try:
+        return run(args)
+    except errors as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from logitstore.errors import LogitStoreError
+from logitstore.errors import LogitStoreError, run_cli
 from students.errors import StudentsError
 
 USER_ERRORS = (LogitStoreError, StudentsError)
@@ -198,16 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weight-loading bars would interleave with ours
-    try:
-        return _run(args)
-    except USER_ERRORS as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_cli(_run, args, USER_ERRORS)
 
 
 if __name__ == "__main__":
