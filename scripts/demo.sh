@@ -72,7 +72,7 @@ steps_per_epoch=$(( (train_rows + 31) / 32 ))
 teacher_eval_every=$(( (steps_per_epoch * TEACHER_EPOCHS + TEACHER_EVALS - 1) / TEACHER_EVALS ))
 stage "fine-tune the teacher (MiniLM-L6, alpha 0, $TASK)" "$out/teacher/summary.json" \
   students train --store "$store" --out "$out/teacher" --alpha 0 --layers 6 --init "$init" \
-    --epochs "$TEACHER_EPOCHS" --lr "$TEACHER_LR" --eval-every "$teacher_eval_every" --save-checkpoints
+    --epochs "$TEACHER_EPOCHS" --lr "$TEACHER_LR" --eval-every "$teacher_eval_every" --save-checkpoints --group-by-length
 
 stage "logit store from every teacher checkpoint" "$out/.store-complete" \
   bash -c "logitstore build ${task_flag[*]} --teacher '$out/teacher' --data '$data' --labels '$labels' --out '$store' && touch '$out/.store-complete'"
@@ -81,13 +81,13 @@ for k in $STUDENT_LAYERS; do
   stage "student, $k layer(s), KD (tll, CE, tau_t 2, tau_s 1, alpha 0.5)" "$out/students/L$k-kd/summary.json" \
     students train --store "$store" --out "$out/students/L$k-kd" --alpha 0.5 --layers "$k" --teacher tll \
       --distance ce --temperature 2 --student-temperature 1 --epochs "$STUDENT_EPOCHS" --lr "$STUDENT_LR" \
-      --no-progress
+      --group-by-length --no-progress
 done
 
 stage "greedy sweep (layers $SWEEP_LAYERS)" "$out/sweep/.complete" \
   bash -c "students sweep --store '$store' --out '$out/sweep' --strategy greedy --layers '$SWEEP_LAYERS' \
     --temperature '$SWEEP_TEMPERATURES' --alpha '$SWEEP_ALPHAS' --seeds '$SWEEP_SEEDS' \
-    --epochs '$STUDENT_EPOCHS' --lr '$STUDENT_LR' && touch '$out/sweep/.complete'"
+    --epochs '$STUDENT_EPOCHS' --lr '$STUDENT_LR' --group-by-length && touch '$out/sweep/.complete'"
 
 students report "$out/sweep"
 logitstore info "$store"

@@ -63,6 +63,7 @@ RESULTS, MANIFEST, RUNS_DIR = "results.jsonl", "sweep.json", "runs"
 RECORD_VERSION = 1
 # TrainConfig fields that name where a run lives or how it prints, not what it computes.
 _NOT_IN_KEY = ("store", "out", "progress")
+_ADDED_OPTIONS = {"group_by_length": False}  # TrainConfig fields newer than the key format, and their defaults
 
 RunFn = Callable[[TrainConfig], "RunOutcome"]
 
@@ -259,6 +260,9 @@ def run_config(template: TrainConfig, point: Point, seed: int, sweep_dir: Path) 
 def run_key(config: TrainConfig) -> str:
     """A stable hash of everything that determines a run's result (not where it is written)."""
     d = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY}
+    for k, default in _ADDED_OPTIONS.items():  # options added later enter the key only when set, so
+        if d.get(k) == default:                # the keys (and resumes) of older sweeps stay valid
+            d.pop(k, None)
     d.update(temperature=float(d["temperature"]), alpha=float(d["alpha"]))
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

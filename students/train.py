@@ -49,7 +49,9 @@ class TrainConfig:
 
     ``teacher`` is "ths" (highest validation score), "tll" (lowest validation loss) or a
     checkpoint name. ``max_steps`` (when set) replaces ``epochs`` as the length of the run.
-    ``eval_every`` is in steps; None evaluates at the end of every epoch. ``loader``
+    ``eval_every`` is in steps; None evaluates at the end of every epoch.
+    ``group_by_length`` batches training rows of similar length together (less padding;
+    see students/data.py). ``loader``
     "auto" reads the logits into RAM when they fit ``memory_budget_mb`` and streams them
     otherwise. ``save_checkpoints`` also saves the student at every evaluation as
     ``OUT/checkpoint-<step>`` (the transformers layout), e.g. when fine-tuning a teacher
@@ -81,6 +83,7 @@ class TrainConfig:
     memory_budget_mb: float = 1024.0
     loader: str = "auto"
     buffer_chunks: int = 4
+    group_by_length: bool = False
     progress: bool = True
     save_checkpoints: bool = False
 
@@ -117,7 +120,7 @@ class TrainConfig:
 
     def loader_config(self, pad_id: int) -> LoaderConfig:
         return LoaderConfig(self.batch_size, self.seed, int(self.memory_budget_mb * 2**20), self.loader,
-                            self.buffer_chunks, pad_id)
+                            self.buffer_chunks, pad_id, self.group_by_length)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
