@@ -33,7 +33,7 @@ def _add_optimisation(o: argparse._ArgumentGroup) -> None:
     o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
     o.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default: 1)")
     o.add_argument("--group-by-length", action="store_true",
-                   help="batch training rows of similar length together (sorted within windows of 50 batches, "
+                   help="batch training rows of similar length together (sorted within windows of 4 batches, "
                         "batches shuffled): much less padding, so faster steps; off by default")
 
 
