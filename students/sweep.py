@@ -314,13 +314,14 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def point_stats(point: Point, records: Iterable[Mapping[str, Any]]) -> PointStats:
-    """Aggregate the records of one point (sorted by seed, so the means are reproducible)."""
+    """Aggregate the records of one point (sorted by seed, so the means are reproducible).
+    ``train_seconds`` counts only runs that trained (not copies marked ``same_run_as``)."""
     rs = sorted(records, key=lambda r: r["seed"])
     val_mean, val_std = _mean_std([r["val"] for r in rs])
     tests = [r["test"] for r in rs if r["test"] is not None]
     test_mean, test_std = _mean_std(tests) if len(tests) == len(rs) else (None, None)
     return PointStats(point, tuple(r["seed"] for r in rs), val_mean, val_std, test_mean, test_std,
-                      round(sum(r["train_seconds"] for r in rs), 4))
+                      round(sum(r["train_seconds"] for r in rs if "same_run_as" not in r), 4))
 
 
 # ---------------------------------------------------------------------------- results file

@@ -264,6 +264,10 @@ def test_runs_that_name_the_same_checkpoint_twice_are_run_once(tmp_path):
     assert twins and all(r["point"]["teacher"] != records[r["same_run_as"]]["point"]["teacher"] for r in twins)
     assert all(r["val"] == records[r["same_run_as"]]["val"] for r in twins)
     assert runner.ran == len(CALLS) == len(records) - len(twins)
+    from students.sweep import point_stats
+
+    twin_point = Point.from_dict(twins[0]["point"])
+    assert point_stats(twin_point, [r for r in records.values() if r["point"] == twins[0]["point"]]).train_seconds == 0
     tll = [r for r in outcome.rewards if r.parameter == "teacher"]
     assert tll and tll[0].r == 0.0  # the same runs: no reward either way
 
