@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from logitstore.errors import DataError
-from logitstore.store import SplitData
+from logitstore.store import SplitData, ragged
 
 _BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".conll": "conll",
              ".txt": "conll"}
@@ -253,23 +253,14 @@ def tokenize_split(name: str, ds: Any, tokenizer: Any, cfg: DataConfig, label_ma
     example_ids = np.asarray(ds["__example_id"], dtype=np.int64)
     enc = tokenizer(*[list(map(str, c)) for c in cols], truncation=True, max_length=cfg.max_length,
                     return_token_type_ids=True)
-    ids = enc["input_ids"]
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
+    flat, offsets = ragged(enc["input_ids"], np.int32)
     tt = None
     if "token_type_ids" in input_names and len(cfg.text_columns) == 2:
-        tt = np.fromiter((t for row in enc["token_type_ids"] for t in row), dtype=np.int8, count=int(offsets[-1]))
+        tt, _ = ragged(enc["token_type_ids"], np.int8)
     h = hashlib.sha256()
     for row in zip(*cols, labels.tolist(), example_ids.tolist()):
         h.update(json.dumps(row, ensure_ascii=False, default=str).encode())
     return SplitData(name, flat, offsets, labels, example_ids, tt), h.hexdigest()
-
-
-def _ragged(rows: Sequence[Sequence[int]], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return np.fromiter((t for r in rows for t in r), dtype=dtype, count=int(offsets[-1])), offsets
 
 
 def _need_fast(tokenizer: Any, what: str) -> None:
@@ -336,8 +327,8 @@ def _tokenize_ner(name: str, ds: Any, tokenizer: Any, cfg: DataConfig,
     enc = tokenizer([list(map(str, w)) for w in words], is_split_into_words=True, truncation=True,
                     max_length=cfg.max_length)
     labels = [align_labels(enc.word_ids(i), [label_map[x] for x in t]) for i, t in enumerate(tags)]
-    flat, offsets = _ragged(enc["input_ids"], np.int32)
-    flat_labels, _ = _ragged(labels, np.int64)
+    flat, offsets = ragged(enc["input_ids"], np.int32)
+    flat_labels, _ = ragged(labels, np.int64)
     example_ids = np.asarray(ds["__example_id"], dtype=np.int64)
     h = hashlib.sha256()
     for row in zip(words, labels, example_ids.tolist()):

@@ -5,9 +5,6 @@ from typing import Any
 
 import numpy as np
 
-METRICS = ("accuracy", "macro_f1")
-
-
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax of (N, C) float logits, computed in float64."""
     z = logits.astype(np.float64)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from logitstore.errors import DataError
+from logitstore.store import ragged
 
 _FORMAT_FIX = ("use official SQuAD JSON ({\"data\": [{\"paragraphs\": [...]}]}) or JSON lines / a JSON list of "
                "{\"question\", \"context\", \"answers\": {\"text\": [...], \"answer_start\": [...]}}")
@@ -182,11 +183,9 @@ def make_windows(tokenizer: Any, records: Sequence[dict], max_length: int, strid
         ) from exc
     ids = enc["input_ids"]
     n_win = len(ids)
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=n_win)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat, offsets = ragged(ids, np.int32)
+    tt, _ = ragged(enc["token_type_ids"], np.int8)
     total = int(offsets[-1])
-    flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=total)
-    tt = np.fromiter((t for row in enc["token_type_ids"] for t in row), dtype=np.int8, count=total)
     window_of = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
     omap = np.full((total, 2), -1, dtype=np.int32)
     labels = np.zeros((n_win, 2), dtype=np.int64)

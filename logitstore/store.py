@@ -25,7 +25,7 @@ import contextlib
 import os
 import tempfile
 from math import inf
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,13 @@ class SplitData:
 
     def row(self, i: int) -> np.ndarray:
         return self.input_ids[self.offsets[i]:self.offsets[i + 1]]
+
+
+def ragged(rows: Sequence[Sequence[int]], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ints end to end, and their offsets: (flat (T,) of ``dtype``, offsets (R+1,) int64)."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return np.fromiter((t for r in rows for t in r), dtype=dtype, count=int(offsets[-1])), offsets
 
 
 class LogitStore:
