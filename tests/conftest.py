@@ -214,3 +214,52 @@ def write_ner_splits(folder: Path, sizes: dict[str, int], seed: int = 0) -> Path
     for k, (split, n) in enumerate(sizes.items()):
         write_jsonl(folder / f"{split}.jsonl", make_ner_rows(n, seed + k))
     return folder
+
+
+
+# ---------------------------------------------------------------------------- shared by several test files
+@pytest.fixture(scope="module")
+def _env(tmp_path_factory):
+    """Module-scoped HF_HOME / ONNX cache: the autouse one below is function-scoped, so
+    module fixtures that build stores need this one."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
+        mp.setenv("LOGITSTORE_CACHE", str(tmp_path_factory.getbasetemp() / "logitstore-cache"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def _one_thread():
+    """Torch on one thread for a module: the models here are tiny, and with two threads the
+    thread hand-off costs more than it saves (4-5x slower measured on a busy 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def ner_run(tmp_path_factory) -> Path:
+    """A training output folder with two tiny token-classification checkpoints."""
+    run = tmp_path_factory.mktemp("ner-run")
+    make_token_teacher(run / "checkpoint-1", seed=1)
+    make_token_teacher(run / "checkpoint-2", seed=2)
+    return run
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    """Run `logitstore` with ``args``; its exit code and the last line of its stderr."""
+    from logitstore.cli import main
+
+    code = main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else ""
+
+
+def assert_one_line_error(code: int, line: str, *needles: str) -> None:
+    assert code == 2
+    assert line.startswith("error: "), line
+    for n in needles:
+        assert n in line, line

@@ -10,22 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_teacher, write_csv_splits
+from conftest import assert_one_line_error, make_teacher, run_cli, write_csv_splits
 from logitstore import open_store
 from logitstore.cli import main
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    err = capsys.readouterr().err.strip().splitlines()
-    return code, err[-1] if err else ""
-
-
-def assert_one_line_error(code: int, line: str, *needles: str) -> None:
-    assert code == 2
-    assert line.startswith("error: "), line
-    for n in needles:
-        assert n in line, line
 
 
 def build_args(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:

@@ -19,8 +19,8 @@ import torch
 import zarr
 from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassification, AutoTokenizer
 
-from conftest import (NER_LABELS, make_ner_rows, make_qa_records, make_qa_teacher, make_teacher,
-                      make_token_teacher, write_jsonl, write_ner_splits)
+from conftest import (NER_LABELS, assert_one_line_error, make_ner_rows, make_qa_records, make_qa_teacher,
+                      make_teacher, make_token_teacher, run_cli, write_jsonl, write_ner_splits)
 from logitstore import open_store
 from logitstore.build import BuildConfig, build_store
 from logitstore.cli import main
@@ -48,15 +48,6 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def ner_run(tmp_path_factory) -> Path:
-    """A training output folder with two token-classification checkpoints."""
-    run = tmp_path_factory.mktemp("ner-run")
-    make_token_teacher(run / "checkpoint-1", seed=1)
-    make_token_teacher(run / "checkpoint-2", seed=2)
-    return run
-
 
 @pytest.fixture(scope="module")
 def ner_data(tmp_path_factory) -> Path:
@@ -383,19 +374,6 @@ def test_kill9_mid_token_layout_build_then_resume_equals_uninterrupted(ner_run, 
 
 
 # ---------------------------------------------------------------------------- 4. bad input
-
-def run_cli(capsys, *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    err = capsys.readouterr().err.strip().splitlines()
-    return code, err[-1] if err else ""
-
-
-def assert_one_line_error(code: int, line: str, *needles: str) -> None:
-    assert code == 2
-    assert line.startswith("error: "), line
-    for n in needles:
-        assert n in line, line
-
 
 def assert_nothing_complete(out: Path, before: list[str] | None = None) -> None:
     if (out / "zarr.json").exists():

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from logitstore.build import BuildConfig, build_store
 from students.cli import main
@@ -200,14 +199,6 @@ def test_flags_override_the_file_and_every_problem_is_listed(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- real runs
-@pytest.fixture(scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_teachers, tiny_data) -> Path:
     with pytest.MonkeyPatch.context() as mp:

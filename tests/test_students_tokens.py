@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassification
 
-from conftest import NER_LABELS, make_qa_records, make_qa_teacher, make_token_teacher, write_jsonl, write_ner_splits
+from conftest import NER_LABELS, make_qa_records, make_qa_teacher, write_jsonl, write_ner_splits
 from logitstore.build import BuildConfig, build_store
 from logitstore.metrics import task_scores
 from logitstore.store import open_store
@@ -28,33 +28,10 @@ CHUNK = 8  # rows per build block: 40 NER training rows make 5 blocks, so stream
 MAX_LEN_QA, STRIDE = 48, 12
 
 
-@pytest.fixture(scope="module")
-def _env(tmp_path_factory):
-    # conftest's private HF_HOME / ONNX cache is function-scoped; module fixtures need their own.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
-        mp.setenv("LOGITSTORE_CACHE", str(tmp_path_factory.getbasetemp() / "logitstore-cache"))
-        yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("_one_thread")
 
 
 # ---------------------------------------------------------------------------- stores
-@pytest.fixture(scope="module")
-def ner_run(_env, tmp_path_factory) -> Path:
-    """A training output folder with two 2-layer token-classification checkpoints."""
-    run = tmp_path_factory.mktemp("ner-run")
-    make_token_teacher(run / "checkpoint-1", seed=1)
-    make_token_teacher(run / "checkpoint-2", seed=2)
-    return run
-
-
 @pytest.fixture(scope="module")
 def ner_data(tmp_path_factory) -> Path:
     return write_ner_splits(tmp_path_factory.mktemp("ner-data"), {"train": 40, "validation": 24, "test": 12})

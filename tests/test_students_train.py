@@ -27,23 +27,7 @@ CHUNK = 16  # rows per logits chunk: the 120 training rows make 8 chunks, so str
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def _env(tmp_path_factory):
-    # conftest's private HF_HOME / ONNX cache is function-scoped; module fixtures need their own.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
-        mp.setenv("LOGITSTORE_CACHE", str(tmp_path_factory.getbasetemp() / "logitstore-cache"))
-        yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The models here are tiny: with two threads, thread hand-off costs more than it saves
-    # (4-5x slower measured on a busy 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("_one_thread")
 
 
 def _build(teachers: Path, data: Path, out: Path, encoding: str) -> Path:
