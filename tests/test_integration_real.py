@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import real_asset
+
 pytestmark = pytest.mark.integration
-ASSET_CACHE = Path(__file__).parents[1] / ".cache" / "assets"
 
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    from logitstore.assets import ASSETS, RT_LABELS, fetch, minilm_classifier, rotten_tomatoes_splits
+    from logitstore.assets import RT_LABELS, minilm_classifier, rotten_tomatoes_splits
 
-    model = fetch(ASSETS["minilm"], ASSET_CACHE)
-    corpus = fetch(ASSETS["rotten-tomatoes"], ASSET_CACHE)
+    model = real_asset("minilm")
+    corpus = real_asset("rotten-tomatoes")
     base = tmp_path_factory.mktemp("real")
     data = rotten_tomatoes_splits(corpus, base / "rt", limit=300, seed=0)
     teacher = minilm_classifier(model, base / "minilm-rt3", RT_LABELS, seed=0)

