@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 
-from logitstore.tasks import auto_model_class
+from logitstore.tasks import Task
 
 from students.data import Batch
 from students.errors import StudentInitError
@@ -71,7 +71,7 @@ def _layer_prefix(model: nn.Module, n: int, source: str) -> str:
 
 
 def build_student(source: str, layers: int, label_names: list[str], vocab_size: int,
-                  task: str = "sequence-classification") -> tuple[PreTrainedModel, StudentInit]:
+                  task: Task) -> tuple[PreTrainedModel, StudentInit]:
     """A K-layer model of ``task`` (sequence or token classifier, QA span head)
     initialised from the model at ``source``.
 
@@ -91,7 +91,7 @@ def build_student(source: str, layers: int, label_names: list[str], vocab_size: 
             f"the model at {source} has a vocabulary of {src_vocab} tokens but the store's token ids are "
             f"for {vocab_size}; initialise from a model with the store's tokenizer"
         )
-    auto = auto_model_class(task)
+    auto = task.model_class()
     num_labels = len(label_names)
     labels = {"num_labels": num_labels, "id2label": dict(enumerate(label_names)),
               "label2id": {name: i for i, name in enumerate(label_names)}}
@@ -99,7 +99,7 @@ def build_student(source: str, layers: int, label_names: list[str], vocab_size: 
         src_model = auto.from_pretrained(source, ignore_mismatched_sizes=True, dtype=torch.float32, **labels)
     except Exception as exc:
         raise StudentInitError(
-            f"cannot load a {task} model from {source} ({type(exc).__name__}: {exc}); "
+            f"cannot load a {task.name} model from {source} ({type(exc).__name__}: {exc}); "
             "pass a transformers checkpoint folder"
         ) from exc
     prefix = _layer_prefix(src_model, n, source)
