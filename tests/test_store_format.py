@@ -17,7 +17,8 @@ import zarr
 
 from logitstore.encode import decode, encode
 from logitstore.format import CheckpointMeta, StoreMeta
-from logitstore.store import LogitStore, SplitData, open_store, ragged
+from logitstore.store import SplitData, open_store, ragged
+from logitstore.writer import StoreWriter
 
 FIXTURES = Path(__file__).parent / "fixtures" / "store-v2"
 KINDS = ("classification", "qa")
@@ -79,7 +80,7 @@ def expected(kind: str) -> tuple[StoreMeta, dict[str, SplitData], dict[str, tupl
 def write_fixture(path: Path, kind: str) -> None:
     """Write one fixture store through the builder's write calls (what `build_store` does)."""
     meta, splits, checkpoints = expected(kind)
-    store = LogitStore.create(path, meta)
+    store = StoreWriter.create(path, meta)
     for data in splits.values():
         store.write_split(data, f"sha-of-{data.name}")
     tok = path.parent / f"{path.name}-tokenizer"
