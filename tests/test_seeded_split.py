@@ -12,9 +12,8 @@ import json
 
 import pytest
 
-from logitstore.assets import rotten_tomatoes_splits
+from demo.splits import rotten_tomatoes_splits, wnut_splits
 from logitstore.data import DataConfig, load_splits
-from logitstore.ner import wnut_splits
 
 
 @pytest.mark.parametrize("rows, seed, fractions, expected", [
