@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from logitstore.assets import ASSETS, RT_LABELS, fetch, minilm_classifier, rotten_tomatoes_splits
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: demo/ is not installed
+
+from demo.assets import ASSETS, RT_LABELS, fetch, minilm_classifier  # noqa: E402
+from demo.splits import rotten_tomatoes_splits  # noqa: E402
 from logitstore.build import BuildConfig, build_store
 from logitstore.export import export_checkpoint, load_model
 from logitstore.tasks import get_task

@@ -20,7 +20,7 @@ token logit for fp16, fp32 and int8. ``--teacher`` takes a fine-tuned checkpoint
 logits compress differently from a fresh head's; throughput does not depend on it).
 
 Prints a markdown table (paste into docs/benchmarks.md) and writes it to --report. The
-teacher is the pretrained MiniLM-L6 with a fresh 3-label head (logitstore.assets): its
+teacher is the pretrained MiniLM-L6 with a fresh 3-label head (demo.assets): its
 accuracy is irrelevant to throughput.
 """
 from __future__ import annotations
@@ -29,15 +29,19 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: demo/ is not installed
+
+from demo.assets import ASSETS, RT_LABELS, fetch, minilm_classifier  # noqa: E402
+from demo.splits import rotten_tomatoes_splits, wnut_splits  # noqa: E402
 from logitstore import open_store
-from logitstore.assets import ASSETS, RT_LABELS, fetch, minilm_classifier, rotten_tomatoes_splits
 from logitstore.build import BuildConfig, build_store
-from logitstore.tasks.ner import label_names, read_conll, wnut_splits
+from logitstore.tasks.ner import label_names, read_conll
 from students.train import TrainConfig, train
 
 MODES = {  # name -> (alpha, online)

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -24,7 +25,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from logitstore.assets import ASSETS, RT_LABELS, fetch, minilm_classifier, rotten_tomatoes_splits
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: demo/ is not installed
+
+from demo.assets import ASSETS, RT_LABELS, fetch, minilm_classifier  # noqa: E402
+from demo.splits import rotten_tomatoes_splits  # noqa: E402
 from logitstore.build import BuildConfig, build_store
 from students.sweep import SweepConfig, load_space, run_sweep
 from students.train import TrainConfig, train

@@ -9,6 +9,7 @@ Python API (the CLI calls the same functions)::
 """
 from __future__ import annotations
 
+#: The one version of the distribution: pyproject.toml reads it from here, students re-exports it.
 __version__ = "0.1.0"
 
 from logitstore.errors import LogitStoreError  # noqa: E402

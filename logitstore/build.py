@@ -28,6 +28,7 @@ from logitstore.infer import infer_rows, make_session, pad_batch, plan_batches
 from logitstore.progress import Progress, console
 from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData
 from logitstore.tasks import Task, get_task, task_of_architecture, task_of_folders
+from logitstore.writer import StoreWriter
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "added_tokens.json")
@@ -209,12 +210,12 @@ def _input_names(model_cfg: Any, tokenizer: Any) -> tuple[str, ...]:
     return ("input_ids", "attention_mask") + (("token_type_ids",) if types else ())
 
 
-def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> LogitStore:
+def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> StoreWriter:
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        return LogitStore.create(path, meta)
+        return StoreWriter.create(path, meta)
     if not (path / "zarr.json").exists():
         raise StoreCorruptError(f"{path} exists and is not a logit store; choose another --out or remove it")
-    store = LogitStore.open(path, mode="r+")
+    store = StoreWriter.open(path)
     old = store.meta
     checks = [("task", old.task, meta.task), ("QA stride", old.stride, meta.stride),
               ("tokenizer", old.tokenizer_fingerprint, meta.tokenizer_fingerprint),
@@ -237,7 +238,7 @@ def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> Logi
     return store
 
 
-def _build_checkpoint(store: LogitStore, ck: Checkpoint, cfg: BuildConfig,
+def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
                       splits: dict[str, SplitData], tokenizer: Any) -> bool:
     """Build one checkpoint's entry; returns False when it was already complete."""
     wsha = weights_sha256(ck.path)
@@ -315,7 +316,7 @@ def _sample_batches(split: SplitData, pad_id: int, names: tuple[str, ...], rows:
     return out
 
 
-def _fill_split(store: LogitStore, ckpt: str, data: SplitData, session: Any, cfg: BuildConfig) -> None:
+def _fill_split(store: StoreWriter, ckpt: str, data: SplitData, session: Any, cfg: BuildConfig) -> None:
     """Run the teacher over a split in blocks of ``chunk_rows`` rows, writing each block and
     then its progress; the token layout writes each block's rows' tokens end to end."""
     per_token = store.meta.layout == "token"

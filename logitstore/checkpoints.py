@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from logitstore.errors import CheckpointError
+from logitstore.util import update_from_file
 
 _STEP = re.compile(r"checkpoint-(\d+)$")
 
@@ -77,7 +78,5 @@ def weights_sha256(folder: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
         h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
+        update_from_file(h, f)
     return h.hexdigest()

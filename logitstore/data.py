@@ -22,6 +22,7 @@ import numpy as np
 from logitstore.errors import DataError
 from logitstore.store import SplitData
 from logitstore.tasks import Task
+from logitstore.util import seeded_split
 
 #: File types every task reads, and the datasets builder that reads them.
 _BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -136,12 +137,8 @@ def _seeded_split(dd: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
             f"no split named {cfg.validation_split!r} (splits: {', '.join(dd)}); name it with --validation-split"
         )
     (only,) = dd.values()
-    n = len(only)
-    order = np.random.default_rng(cfg.split_seed).permutation(n)
-    n_train = int(round(cfg.split_fractions[0] * n))
-    n_val = max(1, int(round(cfg.split_fractions[1] * n)))
-    parts = {"train": order[:n_train], cfg.validation_split: order[n_train:n_train + n_val],
-             "test": order[n_train + n_val:]}
+    train, val, test = seeded_split(len(only), cfg.split_fractions, cfg.split_seed, min_validation=1)
+    parts = {"train": train, cfg.validation_split: val, "test": test}
     return {k: only.select(np.sort(v)) for k, v in parts.items() if len(v) > 0}
 
 

@@ -30,6 +30,7 @@ import torch
 
 from logitstore.checkpoints import weights_sha256
 from logitstore.errors import CheckpointError, ExportError
+from logitstore.runtime import make_session
 from logitstore.tasks import Task, task_of_folders
 
 PARITY_TOLERANCE = 1e-3
@@ -141,7 +142,7 @@ def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None =
             return ExportResult(onnx_path, names, float(info["parity_max_abs_err"]), wsha, True)
         sample = probe_inputs(folder, names)
     model = model if model is not None else load_model(folder, task)
-    err = parity_error(model, _cpu_session(onnx_path), sample, names, task)
+    err = parity_error(model, make_session(onnx_path, "cpu").session, sample, names, task)
     if not cached:
         info_path.write_text(json.dumps({"input_names": list(names), "parity_max_abs_err": err,
                                          "weights_sha256": wsha, "source": str(folder)}))
@@ -172,12 +173,6 @@ def _export(model: Any, names: tuple[str, ...], target: Path, task: Task) -> Non
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ExportError(f"ONNX export failed ({type(exc).__name__}: {exc}); check the checkpoint loads in transformers") from exc
-
-
-def _cpu_session(onnx_path: Path) -> Any:
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
 
 def parity_error(model: Any, session: Any, sample: list[dict[str, np.ndarray]], names: tuple[str, ...],

@@ -6,7 +6,7 @@ Everything here is plain JSON in Zarr attributes: no pickle anywhere.
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from logitstore.errors import FormatVersionError, StoreCorruptError
 
@@ -17,9 +17,6 @@ FORMAT_VERSION = 2
 #: Format versions this code reads.
 READABLE_VERSIONS = (1, 2)
 
-#: How logits map to rows: one vector per example ("row"), or one per token ("token":
-#: NER, QA). See logitstore/tasks.py.
-LAYOUTS = ("row", "token")
 ENCODINGS = ("fp16", "fp32", "int8")
 
 
@@ -37,9 +34,30 @@ def _from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+M = TypeVar("M", bound="_Meta")
+
+
+class _Meta:
+    """to_dict / from_dict of a metadata dataclass: plain JSON, unknown keys ignored on read."""
+
+    #: What the metadata describes, for error messages ("split", "checkpoint", ...).
+    _what: ClassVar[str] = "metadata"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # (every subclass is a dataclass)
+
+    @classmethod
+    def from_dict(cls: type[M], data: Any) -> M:
+        """Read the metadata back; raises StoreCorruptError when it is not an object or
+        lacks a required field."""
+        return _from_dict(cls, data, cls._what)
+
+
 @dataclass(frozen=True)
-class StoreMeta:
+class StoreMeta(_Meta):
     """Root attributes (under the key ``logitstore``) of a store."""
+
+    _what = "store"
 
     task: str
     label_names: list[str]
@@ -60,11 +78,10 @@ class StoreMeta:
     def num_labels(self) -> int:
         return len(self.label_names)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, data: Any) -> "StoreMeta":
+        """Check the format name and version and the task, then read the metadata;
+        raises StoreCorruptError / FormatVersionError."""
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             raise StoreCorruptError(
                 "not a logit store (no 'logitstore' metadata at its root); "
@@ -76,7 +93,7 @@ class StoreMeta:
                 f"store format version {version!r} is not readable by this logitstore "
                 f"(reads {', '.join(map(str, READABLE_VERSIONS))}); upgrade logitstore or rebuild the store"
             )
-        meta = _from_dict(cls, data, "store")
+        meta = super().from_dict(data)
         from logitstore.tasks import TASKS
 
         if meta.task not in TASKS:
@@ -95,8 +112,10 @@ class StoreMeta:
 
 
 @dataclass(frozen=True)
-class SplitMeta:
+class SplitMeta(_Meta):
     """Attributes of ``splits/<name>``: the tokenized examples of one split."""
+
+    _what = "split"
 
     name: str
     rows: int
@@ -104,16 +123,9 @@ class SplitMeta:
     content_sha256: str
     complete: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "SplitMeta":
-        return _from_dict(cls, data, "split")
-
 
 @dataclass(frozen=True)
-class CheckpointMeta:
+class CheckpointMeta(_Meta):
     """Attributes of ``checkpoints/<name>``: one teacher checkpoint's entry.
 
     ``val_loss`` is the mean cross-entropy of the stored validation logits against the
@@ -122,6 +134,8 @@ class CheckpointMeta:
     fp32; the fp16 rounding or int8 quantization error otherwise).
     ``complete`` is set last, only once every split's logits are written.
     """
+
+    _what = "checkpoint"
 
     name: str
     source_path: str
@@ -142,31 +156,19 @@ class CheckpointMeta:
     build_seconds: float | None = None
     complete: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "CheckpointMeta":
-        return _from_dict(cls, data, "checkpoint")
-
 
 @dataclass(frozen=True)
-class LogitsMeta:
+class LogitsMeta(_Meta):
     """Attributes of ``checkpoints/<name>/<split>``: progress of one logits array.
 
     ``rows``/``rows_done`` count rows (examples or windows) for both layouts; for the
     token layout ``block_rows`` is the number of rows per build block (the logits array is
     chunked by tokens, so its chunk shape does not give it)."""
 
+    _what = "logits"
+
     rows: int
     rows_done: int = 0
     max_abs_err: float = 0.0
     complete: bool = False
     block_rows: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "LogitsMeta":
-        return _from_dict(cls, data, "logits")

@@ -2,74 +2,17 @@
 
 Rows are sorted by length and cut into batches whose padded size (rows x longest row)
 stays under ``token_budget``, so almost no padding is computed; the logits come back in
-the order the rows were given.
+the order the rows were given. Sessions (provider choice, threads) are made by
+:func:`logitstore.runtime.make_session`.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from logitstore.errors import ProviderError
-
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-
-
-def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ProviderError(
-            "ONNX Runtime is not installed; install the project with the cpu or gpu extra: pip install '.[cpu]'"
-        ) from exc
-    return onnxruntime
-
-
-@dataclass
-class Session:
-    """An ONNX Runtime session and the execution provider that really runs it."""
-
-    session: Any
-    provider: str
-    input_names: tuple[str, ...]
-
-    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(["logits"], feed)[0]
-
-
-def make_session(onnx_path: Path, provider: str = "auto", threads: int | None = None) -> Session:
-    """Open ``onnx_path`` on the best working provider ("auto": TensorRT, then CUDA, then
-    CPU) or the one named. onnxruntime-gpu silently falls back to CPU when CUDA libraries
-    are missing, so the provider that actually runs is read back from the session.
-    Raises ProviderError when a named provider is unavailable or did not take the graph."""
-    ort = _ort()
-    available = ort.get_available_providers()
-    if provider == "auto":
-        # TensorRT is tried only when asked for: its engine build takes minutes per shape.
-        wanted = [p for p in (PROVIDERS["cuda"],) if p in available] + [PROVIDERS["cpu"]]
-    elif provider in PROVIDERS:
-        if PROVIDERS[provider] not in available:
-            raise ProviderError(
-                f"execution provider {provider} is not available (available: {', '.join(available)}); "
-                "install onnxruntime-gpu with matching CUDA/cuDNN, or use --provider cpu"
-            )
-        wanted = list(dict.fromkeys([PROVIDERS[provider], PROVIDERS["cpu"]]))
-    else:
-        raise ProviderError(f"unknown provider {provider!r}; use auto, cpu, cuda or tensorrt")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=wanted)
-    used = sess.get_providers()[0]
-    if provider != "auto" and used != PROVIDERS[provider]:
-        raise ProviderError(f"execution provider {provider} did not start (ONNX Runtime fell back to {used}); "
-                            "check the CUDA/cuDNN libraries, or use --provider cpu")
-    names = tuple(i.name for i in sess.get_inputs())
-    return Session(sess, used.replace("ExecutionProvider", ""), names)
+# Sessions are made in logitstore.runtime; make_session stays importable from here (build, benchmarks).
+from logitstore.runtime import Session, make_session  # noqa: F401
 
 
 def plan_batches(lengths: np.ndarray, token_budget: int, max_batch: int = 512) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""The logit store on disk: open, read and (for the builder) write a Zarr v3 store.
+"""The logit store on disk, read side: open a Zarr v3 store and read its splits and logits.
 
 Layout (docs/store-format.md is the contract)::
 
@@ -16,41 +16,31 @@ Layout (docs/store-format.md is the contract)::
           logits    (R, C) | (T, C) fp16|fp32|int8   chunked by many rows (or tokens)
           scale     (R,) | (T,) float32 only for int8: logits = values * scale[:, None]
 
-The student side reads a store with :func:`open_store` and the read methods; only the
-builder uses the write methods.
+The student side reads a store with :func:`open_store` (a read-only :class:`LogitStore`);
+only the builder writes, through :class:`logitstore.writer.StoreWriter`.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
-from math import inf
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from math import inf
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-import zarr.codecs
 
-from logitstore.encode import Encoded, decode, storage_dtype
+from logitstore.encode import decode
 from logitstore.errors import LogitStoreError, NoCheckpointError, StoreCorruptError
 from logitstore.format import CheckpointMeta, LogitsMeta, SplitMeta, StoreMeta
 
+#: Key of the metadata in every node's attributes.
 ATTR = "logitstore"
-ROW_CHUNK = 65_536
-TOKEN_CHUNK = 1 << 20
+#: Rows per logits chunk (row layout) or per build block (token layout) unless --chunk-rows says otherwise.
 DEFAULT_LOGIT_CHUNK_ROWS = 8192
-#: Tokens per chunk of token-layout logits (65,536 x C values).
-TOKEN_LOGIT_CHUNK = 1 << 16
-
-
-def _compressors(typesize: int) -> list[Any]:
-    # Byte shuffle + zstd inside blosc; crc32c after it, so flipped or truncated chunk
-    # bytes fail loudly on read instead of decoding to garbage.
-    return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=typesize),
-            zarr.codecs.Crc32cCodec()]
 
 
 @contextlib.contextmanager
@@ -112,35 +102,27 @@ def ragged(rows: Sequence[Sequence[int]], dtype: Any) -> tuple[np.ndarray, np.nd
 
 
 class LogitStore:
-    """A logit store on disk. Use :func:`open_store` to read one."""
+    """A logit store on disk, opened read-only. Use :func:`open_store` to read one."""
+
+    #: The Zarr mode :meth:`open` uses ("r+" for the builder's StoreWriter).
+    _MODE = "r"
 
     def __init__(self, path: str, root: zarr.Group, meta: StoreMeta) -> None:
         self.path = path
         self._root = root
         self.meta = meta
 
-    # ------------------------------------------------------------------ open / create
+    # ------------------------------------------------------------------ open
     @classmethod
-    def open(cls, path: str | os.PathLike[str], mode: str = "r") -> "LogitStore":
-        """Open an existing store (``mode`` "r" or "r+"); raises StoreCorruptError."""
+    def open(cls, path: str | os.PathLike[str]) -> "LogitStore":
+        """Open an existing store; raises StoreCorruptError / FormatVersionError."""
         path = str(path)
         if "://" not in path and not Path(path).exists():
             raise StoreCorruptError(f"no store at {path}; build one with `logitstore build --out {path}`")
         with _reading(path, "the root metadata"):
-            root = zarr.open_group(path, mode=mode)
+            root = zarr.open_group(path, mode=cls._MODE)
             data = root.attrs.get(ATTR)
         return cls(path, root, StoreMeta.from_dict(data))
-
-    @classmethod
-    def create(cls, path: str | os.PathLike[str], meta: StoreMeta) -> "LogitStore":
-        """Create a new empty store at ``path`` (which must not hold a store yet)."""
-        path = str(path)
-        root = zarr.open_group(path, mode="w-")
-        root.attrs[ATTR] = meta.to_dict()
-        root.require_group("splits")
-        root.require_group("checkpoints")
-        root.require_group("tokenizer")
-        return cls(path, root, meta)
 
     # ------------------------------------------------------------------ splits
     def split_names(self, complete_only: bool = True) -> list[str]:
@@ -189,52 +171,7 @@ class LogitStore:
             )
         return SplitData(name, ids, offsets, labels, example_ids, tt, **qa)
 
-    def write_split(self, data: SplitData, content_sha256: str) -> SplitMeta:
-        """Write one split (replacing an incomplete one) and mark it complete last."""
-        g = self._root.require_group("splits").create_group(data.name, overwrite=True)
-        meta = SplitMeta(data.name, len(data), int(data.offsets[-1]), content_sha256, complete=False)
-        g.attrs[ATTR] = meta.to_dict()
-        arrays: dict[str, tuple[np.ndarray, int]] = {
-            "input_ids": (data.input_ids.astype(np.int32), TOKEN_CHUNK),
-            "offsets": (data.offsets.astype(np.int64), ROW_CHUNK),
-            "labels": (data.labels.astype(np.int64), ROW_CHUNK),
-            "example_id": (data.example_ids.astype(np.int64), ROW_CHUNK),
-        }
-        if data.token_type_ids is not None:
-            arrays["token_type_ids"] = (data.token_type_ids.astype(np.int8), TOKEN_CHUNK)
-        if data.window_of is not None:  # QA: windows, their character offsets and the texts to score
-            assert data.offset_mapping is not None and data.contexts is not None and data.answers is not None
-            arrays["offset_mapping"] = (data.offset_mapping.astype(np.int32), TOKEN_CHUNK)
-            arrays["window_of"] = (data.window_of.astype(np.int64), ROW_CHUNK)
-            flat = [a for answers in data.answers for a in answers]
-            counts = np.fromiter(map(len, data.answers), dtype=np.int64, count=len(data.answers))
-            arrays["answers_of"] = (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), ROW_CHUNK)
-            for prefix, texts in (("context", data.contexts), ("answer", flat)):
-                raw = [t.encode("utf-8") for t in texts]
-                lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
-                arrays[f"{prefix}_utf8"] = (np.frombuffer(b"".join(raw), dtype=np.uint8), TOKEN_CHUNK)
-                arrays[f"{prefix}_offsets"] = (np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), ROW_CHUNK)
-        for key, (values, chunk) in arrays.items():
-            # -1 marks a missing chunk; offset_mapping holds -1 itself, so its fill is -2.
-            a = g.create_array(key, shape=values.shape, dtype=values.dtype, chunks=(chunk, *values.shape[1:]),
-                               fill_value=-2 if key == "offset_mapping" else (0 if values.dtype == np.uint8 else -1),
-                               compressors=_compressors(values.dtype.itemsize))
-            if values.size:
-                a[:] = values
-        meta = replace(meta, complete=True)
-        g.attrs[ATTR] = meta.to_dict()
-        return meta
-
     # ------------------------------------------------------------------ tokenizer
-    def write_tokenizer(self, folder: str | os.PathLike[str], files: list[str]) -> None:
-        """Copy tokenizer ``files`` (names inside ``folder``) into the store as raw bytes."""
-        g = self._root.require_group("tokenizer")
-        for name in files:
-            raw = np.frombuffer((Path(folder) / name).read_bytes(), dtype=np.uint8)
-            a = g.create_array(name, shape=raw.shape, dtype="uint8", chunks=(max(1, len(raw)),),
-                               compressors=_compressors(1), overwrite=True)
-            a[:] = raw
-
     def save_tokenizer(self, folder: str | os.PathLike[str]) -> Path:
         """Write the store's tokenizer files into ``folder`` (created) and return it."""
         out = Path(folder)
@@ -274,11 +211,6 @@ class LogitStore:
     def has_checkpoint(self, name: str) -> bool:
         return name in self.checkpoint_names(complete_only=False)
 
-    def put_checkpoint(self, meta: CheckpointMeta) -> None:
-        """Create or update a checkpoint entry's metadata."""
-        g = self._root.require_group("checkpoints").require_group(meta.name)
-        g.attrs[ATTR] = meta.to_dict()
-
     def select(self, which: str) -> CheckpointMeta:
         """Pick a complete checkpoint: "ths" (highest validation score), "tll" (lowest
         validation loss) or a name. Ties: ths prefers the lower loss, tll the higher score,
@@ -308,50 +240,6 @@ class LogitStore:
             return None
         with _reading(self.path, f"logits of {checkpoint}/{split}"):
             return LogitsMeta.from_dict(g[split].attrs.get(ATTR))
-
-    def prepare_logits(self, checkpoint: str, split: str, rows: int, num_labels: int,
-                       encoding: str, chunk_rows: int, tokens: int | None = None) -> LogitsMeta:
-        """Create the logits arrays of one checkpoint and split, or return the progress of
-        an existing matching one (resume). A mismatching partial entry is started over.
-
-        ``tokens`` (the split's token count) makes a token-layout array (tokens, C), chunked
-        by TOKEN_LOGIT_CHUNK tokens and written in blocks of ``chunk_rows`` rows."""
-        g = self._root[f"checkpoints/{checkpoint}"]
-        meta = self.logits_meta(checkpoint, split)
-        length = rows if tokens is None else tokens
-        chunk = chunk_rows if tokens is None else TOKEN_LOGIT_CHUNK
-        block_rows = None if tokens is None else chunk_rows
-        if meta is not None and meta.rows == rows and meta.block_rows == block_rows:
-            a = g[f"{split}/logits"]
-            if a.shape == (length, num_labels) and a.dtype == storage_dtype(encoding) and a.chunks[0] == chunk:
-                return meta
-        sg = g.create_group(split, overwrite=True)
-        meta = LogitsMeta(rows=rows, block_rows=block_rows)
-        sg.attrs[ATTR] = meta.to_dict()
-        dt = storage_dtype(encoding)
-        fill = 0 if encoding == "int8" else float("nan")  # a missing float chunk reads as NaN
-        sg.create_array("logits", shape=(length, num_labels), dtype=dt, chunks=(chunk, num_labels),
-                        fill_value=fill, compressors=_compressors(dt.itemsize))
-        if encoding == "int8":
-            sg.create_array("scale", shape=(length,), dtype="float32", chunks=(chunk,),
-                            fill_value=float("nan"), compressors=_compressors(4))
-        return meta
-
-    def write_logits_block(self, checkpoint: str, split: str, start: int, block: Encoded,
-                           rows_done: int | None = None) -> None:
-        """Write encoded logits at [start, start + len) of the first axis (rows, or tokens
-        for the token layout) and then record ``rows_done`` rows as done (default: the
-        block's end, for the row layout)."""
-        sg = self._root[f"checkpoints/{checkpoint}/{split}"]
-        stop = start + len(block.values)
-        if len(block.values):
-            sg["logits"][start:stop] = block.values
-            if block.scale is not None:
-                sg["scale"][start:stop] = block.scale
-        meta = LogitsMeta.from_dict(sg.attrs.get(ATTR))
-        done = stop if rows_done is None else rows_done
-        sg.attrs[ATTR] = replace(meta, rows_done=done, complete=done == meta.rows,
-                                 max_abs_err=max(meta.max_abs_err, block.max_abs_err)).to_dict()
 
     def logits_chunk_rows(self, checkpoint: str, split: str) -> int:
         """Rows per chunk (row layout) or per build block (token layout) of a logits entry."""
@@ -416,4 +304,4 @@ def _num(x: float | None, missing: float) -> float:
 
 def open_store(path: str | os.PathLike[str]) -> LogitStore:
     """Open a logit store for reading; raises StoreCorruptError / FormatVersionError."""
-    return LogitStore.open(path, mode="r")
+    return LogitStore.open(path)

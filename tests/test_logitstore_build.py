@@ -157,9 +157,9 @@ def test_text_pairs_store_token_types(tiny_teachers, tmp_path):
 def test_ths_and_tll_on_hand_made_entries(fp32_store, tmp_path):
     path = tmp_path / "copy.zarr"
     shutil.copytree(fp32_store, path)
-    from logitstore.store import LogitStore
+    from logitstore.writer import StoreWriter
 
-    store = LogitStore.open(path, mode="r+")
+    store = StoreWriter.open(path)
     base = store.checkpoint("checkpoint-10")
     # a: best score, worst loss; b: lowest loss; c: ties a on score with a lower loss; d: incomplete, best of all
     for name, loss, score, done in (("a", 0.9, 0.80, True), ("b", 0.3, 0.70, True), ("c", 0.5, 0.80, True),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from demo.splits import wnut_splits
 from logitstore.errors import DataError
-from logitstore.tasks.ner import (align_labels, check_bio, entities, entity_scores, label_names, read_conll,
-                            wnut_splits)
+from logitstore.tasks.ner import align_labels, check_bio, entities, entity_scores, label_names, read_conll
 
 
 CONLL = (

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from demo.squad import synthetic_squad
 from logitstore.errors import DataError
-from logitstore.tasks.qa import (Windows, best_spans, check_answers, make_windows, read_squad, squad_scores,
-                           synthetic_squad)
+from logitstore.tasks.qa import Windows, best_spans, check_answers, make_windows, read_squad, squad_scores
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ loss covers the labelled tokens only. The BIO helpers here need no torch.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,33 +169,6 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) 
     recall = n_ok / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
-
-
-def wnut_splits(ner_txt: Path, out: Path, limit: int | None = None, seed: int = 0,
-                fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Path:
-    """Write train/validation/test JSONL ({"tokens", "ner_tags"}) from a CoNLL file.
-
-    Sentences are shuffled with ``seed``, cut to ``limit`` and split by ``fractions``.
-    Raises DataError for bad fractions or a split that would be empty.
-    """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise DataError(f"split fractions must be three non-negative numbers summing to 1; got {fractions} instead")
-    sentences = read_conll(Path(ner_txt))
-    order = np.random.default_rng(seed).permutation(len(sentences))
-    items = [sentences[i] for i in order[:limit]]
-    n_train = int(round(fractions[0] * len(items)))
-    n_val = int(round(fractions[1] * len(items)))
-    parts = {"train": items[:n_train], "validation": items[n_train:n_train + n_val], "test": items[n_train + n_val:]}
-    empty = [name for name, part in parts.items() if not part]
-    if empty:
-        raise DataError(f"{len(items)} sentences split by {tuple(fractions)} leave {', '.join(empty)} empty; "
-                        "raise the limit or change the fractions")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for split, part in parts.items():
-        lines = (json.dumps({"tokens": toks, "ner_tags": tags}, ensure_ascii=False) for toks, tags in part)
-        (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return out
 
 
 # ---------------------------------------------------------------------------- the task

