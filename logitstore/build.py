@@ -26,12 +26,9 @@ from logitstore.export import PARITY_TOLERANCE, export_checkpoint, load_model, p
 from logitstore.format import CheckpointMeta, StoreMeta
 from logitstore.infer import infer_rows, make_session, pad_batch, plan_batches
 from logitstore.progress import Progress, console
-from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData
+from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, TOKENIZER_FILES, LogitStore, SplitData
 from logitstore.tasks import Task, get_task, task_of_architecture, task_of_folders
 from logitstore.writer import StoreWriter
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                   "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "added_tokens.json")
 
 
 @dataclass(frozen=True)
@@ -118,6 +115,7 @@ def build_store(cfg: BuildConfig) -> BuildResult:
     task = cfg.task_def
     _check_tasks(ckpts, task, cfg.out)
     tok_dir = Path(cfg.tokenizer) if cfg.tokenizer is not None else _tokenizer_folder(ckpts)
+    tok_files = _tokenizer_files(tok_dir)  # refuses links before any work is done
     from transformers import AutoConfig, AutoTokenizer
 
     try:
@@ -150,7 +148,7 @@ def build_store(cfg: BuildConfig) -> BuildResult:
     for name, data in splits.items():
         if not store.has_split(name) or not store.split_meta(name).complete:
             store.write_split(data, hashes[name])
-    store.write_tokenizer(tok_dir, [f for f in TOKENIZER_FILES if (tok_dir / f).exists()])
+    store.write_tokenizer(tok_dir, tok_files)
     console.print(f"store [bold]{cfg.out}[/]: " + ", ".join(f"{n} {len(d):,} rows" for n, d in splits.items()))
 
     built, skipped = [], []
@@ -202,6 +200,17 @@ def _tokenizer_folder(ckpts: list[Checkpoint]) -> Path:
         f"no tokenizer files next to {ckpts[0].path}; save the tokenizer into the checkpoint folder "
         "(tokenizer.save_pretrained(folder))"
     )
+
+
+def _tokenizer_files(folder: Path) -> list[str]:
+    """The known tokenizer files in ``folder`` (only those names are copied into a store).
+    Raises CheckpointError for one that is a symbolic link: the store takes real files only,
+    so no file the link points at (anything the user can read) ends up inside it."""
+    links = [f for f in TOKENIZER_FILES if (folder / f).is_symlink()]
+    if links:
+        raise CheckpointError(f"tokenizer files {', '.join(links)} in {folder} are symbolic links; a store copies "
+                              "real files only: replace them with copies (cp -L) or pass --tokenizer with real files")
+    return [f for f in TOKENIZER_FILES if (folder / f).is_file()]
 
 
 def _input_names(model_cfg: Any, tokenizer: Any) -> tuple[str, ...]:

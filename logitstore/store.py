@@ -39,6 +39,12 @@ from logitstore.format import CheckpointMeta, LogitsMeta, SplitMeta, StoreMeta
 
 #: Key of the metadata in every node's attributes.
 ATTR = "logitstore"
+#: Root attribute listing every checkpoint that ever completed in the store (added in format
+#: 2; absent in older stores). A listed checkpoint that is gone makes ths/tll refuse to pick.
+HELD_ATTR = "logitstore_checkpoints"
+#: The only tokenizer files a store holds (written and read back by these names only).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "added_tokens.json")
 #: Rows per logits chunk (row layout) or per build block (token layout) unless --chunk-rows says otherwise.
 DEFAULT_LOGIT_CHUNK_ROWS = 8192
 
@@ -172,13 +178,35 @@ class LogitStore:
         return SplitData(name, ids, offsets, labels, example_ids, tt, **qa)
 
     # ------------------------------------------------------------------ tokenizer
+    def tokenizer_files(self) -> dict[str, bytes]:
+        """The store's tokenizer files by name, each checked against the size and sha256
+        recorded when it was written (stores written before that record are read as they
+        are). Raises StoreCorruptError for a damaged, missing, half-written or unknown file."""
+        import hashlib
+
+        with _reading(self.path, "the tokenizer"):
+            g = self._root["tokenizer"]
+            record = g.attrs.get(ATTR)
+            files = {name: arr[:].tobytes() for name, arr in g.arrays()}
+        unknown = sorted(set(files) - set(TOKENIZER_FILES))
+        problem = f"holds files that are not tokenizer files ({', '.join(unknown)})" if unknown else None
+        if record is not None and not record.get("complete"):
+            problem = "was being written when its build stopped"
+        for name, want in (record or {}).get("files", {}).items():
+            got = files.get(name)
+            if got is None or len(got) != want["bytes"] or hashlib.sha256(got).hexdigest() != want["sha256"]:
+                problem = problem or f"file {name} is damaged or missing"
+        if problem:
+            raise StoreCorruptError(f"the tokenizer of store {self.path} {problem}; rerun `logitstore build` "
+                                    "with the same data and tokenizer to rewrite it")
+        return files
+
     def save_tokenizer(self, folder: str | os.PathLike[str]) -> Path:
-        """Write the store's tokenizer files into ``folder`` (created) and return it."""
+        """Write the store's (checked) tokenizer files into ``folder`` (created) and return it."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        with _reading(self.path, "the tokenizer"):
-            for name, arr in self._root["tokenizer"].arrays():
-                (out / name).write_bytes(arr[:].tobytes())
+        for name, raw in self.tokenizer_files().items():
+            (out / name).write_bytes(raw)
         return out
 
     def load_tokenizer(self) -> Any:
@@ -221,6 +249,13 @@ class LogitStore:
                 f"store {self.path} has no complete teacher checkpoint; "
                 "add one with `logitstore build --teacher PATH`, or train with --alpha 0"
             )
+        gone = sorted(set(self.checkpoints_held()) - {c.name for c in done})
+        if gone and which in ("ths", "tll"):
+            raise NoCheckpointError(
+                f"checkpoint {', '.join(gone)} of store {self.path} is gone (its entry was deleted or damaged), so "
+                f"{which} could silently pick another; rerun `logitstore build` with its teacher to restore it, "
+                "or name a checkpoint with --teacher NAME"
+            )
         if which == "ths":
             return min(done, key=lambda c: (-_num(c.val_score, -inf), _num(c.val_loss, inf), c.name))
         if which == "tll":
@@ -232,6 +267,11 @@ class LogitStore:
             f"no complete checkpoint named {which!r} in store {self.path}; "
             f"use ths, tll or one of: {', '.join(c.name for c in done)}"
         )
+
+    def checkpoints_held(self) -> list[str]:
+        """Every checkpoint that ever completed in this store (empty for older stores)."""
+        with _reading(self.path, "the root metadata"):
+            return list(self._root.attrs.get(HELD_ATTR, []))
 
     # ------------------------------------------------------------------ logits
     def logits_meta(self, checkpoint: str, split: str) -> LogitsMeta | None:

@@ -18,7 +18,8 @@ import zarr.codecs
 
 from logitstore.encode import Encoded, storage_dtype
 from logitstore.format import CheckpointMeta, LogitsMeta, SplitMeta, StoreMeta
-from logitstore.store import ATTR, LogitStore, SplitData
+from logitstore.errors import StoreCorruptError
+from logitstore.store import ATTR, HELD_ATTR, TOKENIZER_FILES, LogitStore, SplitData
 
 #: Rows per chunk of the per-row arrays of a split (offsets, labels, example_id...).
 ROW_CHUNK = 65_536
@@ -94,21 +95,49 @@ class StoreWriter(LogitStore):
         g.attrs[ATTR] = meta.to_dict()
         return meta
 
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "StoreWriter":
+        """Open an existing store to resume or extend it; refuses a store holding links
+        (a write through one could land outside the store)."""
+        refuse_links(Path(path))
+        return super().open(path)
+
     # ------------------------------------------------------------------ tokenizer
-    def write_tokenizer(self, folder: str | os.PathLike[str], files: list[str]) -> None:
-        """Copy tokenizer ``files`` (names inside ``folder``) into the store as raw bytes."""
-        g = self._root.require_group("tokenizer")
+    def write_tokenizer(self, folder: str | os.PathLike[str], files: list[str]) -> bool:
+        """Copy tokenizer ``files`` (names inside ``folder``, from TOKENIZER_FILES) into the
+        store as raw bytes, recording each one's size and sha256 last. A store whose
+        tokenizer is already whole is left alone (a reader may be reading it); a damaged
+        one is rewritten. Returns whether anything was written."""
+        import hashlib
+
+        try:
+            if self.tokenizer_files() and self._root["tokenizer"].attrs.get(ATTR):
+                return False
+        except StoreCorruptError:
+            pass  # damaged or half-written: write it again
+        g = self._root.create_group("tokenizer", overwrite=True)  # drops any file that does not belong
+        g.attrs[ATTR] = {"complete": False, "files": {}}
+        record = {}
         for name in files:
-            raw = np.frombuffer((Path(folder) / name).read_bytes(), dtype=np.uint8)
+            if name not in TOKENIZER_FILES:
+                raise ValueError(f"{name!r} is not a tokenizer file name ({', '.join(TOKENIZER_FILES)})")
+            data = (Path(folder) / name).read_bytes()
+            raw = np.frombuffer(data, dtype=np.uint8)
             a = g.create_array(name, shape=raw.shape, dtype="uint8", chunks=(max(1, len(raw)),),
                                compressors=_compressors(1), overwrite=True)
             a[:] = raw
+            record[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        g.attrs[ATTR] = {"complete": True, "files": record}
+        return True
 
     # ------------------------------------------------------------------ checkpoints
     def put_checkpoint(self, meta: CheckpointMeta) -> None:
         """Create or update a checkpoint entry's metadata."""
         g = self._root.require_group("checkpoints").require_group(meta.name)
         g.attrs[ATTR] = meta.to_dict()
+        held = self.checkpoints_held()
+        if meta.complete and meta.name not in held:  # remembered, so a deleted entry is noticed
+            self._root.attrs[HELD_ATTR] = sorted([*held, meta.name])
 
     # ------------------------------------------------------------------ logits
     def prepare_logits(self, checkpoint: str, split: str, rows: int, num_labels: int,
@@ -155,3 +184,17 @@ class StoreWriter(LogitStore):
         done = stop if rows_done is None else rows_done
         sg.attrs[ATTR] = replace(meta, rows_done=done, complete=done == meta.rows,
                                  max_abs_err=max(meta.max_abs_err, block.max_abs_err)).to_dict()
+
+
+def refuse_links(root: Path) -> None:
+    """Raise StoreCorruptError when a folder or file inside the local store ``root`` is a
+    symbolic link: the store never makes one, and writing through it could overwrite a file
+    outside the store."""
+    if not root.is_dir():
+        return
+    for p in root.rglob("*"):
+        if p.is_symlink():
+            raise StoreCorruptError(
+                f"{p} inside store {root} is a link (to {os.readlink(p)}); a store holds no links and a build "
+                "will not write through one: remove it (and rerun to rebuild what it replaced)"
+            )

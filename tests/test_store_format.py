@@ -147,6 +147,23 @@ def _nodes(root: Path) -> dict[str, Path]:
     return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+#: Attributes added to format 2 after these fixtures were written (older readers ignore them):
+#: the tokenizer files' sizes and sha256, and the checkpoints a store has held.
+ADDED = {"tokenizer/zarr.json": "logitstore", "zarr.json": "logitstore_checkpoints"}
+
+
+def _added(rel: str, meta: dict, kind: str) -> None:
+    """Check and drop the attribute added since the fixture at node ``rel`` of a new store."""
+    key = ADDED.get(rel)
+    if key is None:
+        return
+    value = meta["attributes"].pop(key)
+    if rel == "zarr.json":
+        assert value == sorted(n for n in expected(kind)[2] if n != "partial")
+    else:
+        assert value["complete"] and set(value["files"]) == {"vocab.txt"}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_writing_today_gives_the_committed_files(kind, tmp_path):
     write_fixture(tmp_path / kind, kind)
@@ -154,7 +171,9 @@ def test_writing_today_gives_the_committed_files(kind, tmp_path):
     assert sorted(new) == sorted(old)
     for rel, path in old.items():
         if path.name == "zarr.json":
-            assert json.loads(new[rel].read_text()) == json.loads(path.read_text()), rel
+            got = json.loads(new[rel].read_text())
+            _added(rel, got, kind)
+            assert got == json.loads(path.read_text()), rel
             if json.loads(path.read_text())["node_type"] == "array":
                 a, b = zarr.open_array(path.parent, mode="r"), zarr.open_array(new[rel].parent, mode="r")
                 np.testing.assert_array_equal(b[:], a[:], err_msg=rel)
