@@ -49,7 +49,7 @@ from typing import Any
 from rich.console import Console
 
 from students.errors import ConfigError, StudentsError
-from students.loss import DISTANCES, STUDENT_TEMPERATURES
+from students.config import DISTANCES, STUDENT_TEMPERATURES
 from students.train import TrainConfig
 
 STRATEGIES = ("grid", "greedy")

@@ -1,9 +1,17 @@
 """Training configs: the sweep's run keys and run_config.json fields stay what older sweep
-folders hold (pinned values), so a sweep started before a refactor still resumes."""
+folders hold (pinned values), so a sweep started before a refactor still resumes; the nested
+parts and their one error; the learning-rate schedule."""
 from __future__ import annotations
 
+import pickle
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
+import torch
+
+from students.config import KDLossConfig, LoaderConfig, OptimConfig
+from students.errors import ConfigError
 from students.sweep import Point, SweepConfig, run_config, run_key
 from students.train import TrainConfig
 
@@ -32,3 +40,58 @@ def test_run_config_json_keeps_its_flat_fields():
     cfg = TrainConfig(**EVERY_FIELD)
     assert list(cfg.to_dict()) == FIELDS
     assert TrainConfig.from_dict({**cfg.to_dict(), "checkpoint": "ignored"}) == cfg
+
+
+# ---------------------------------------------------------------------------- nested parts
+def test_the_parts_are_built_once_from_the_flat_fields():
+    cfg = TrainConfig(**EVERY_FIELD)
+    assert cfg.loss is cfg.loss and cfg.optim is cfg.optim  # kept, not rebuilt (nor re-checked) per use
+    assert cfg.loss == KDLossConfig("mse", 4, "1", 0.9) and cfg.loss.tau_s == 1.0
+    assert cfg.optim == OptimConfig(epochs=1, max_steps=30, lr=5e-4, schedule="constant", warmup_ratio=0.0,
+                                    weight_decay=0.0, max_grad_norm=0.5)
+    assert cfg.loader_config(pad_id=7) == LoaderConfig(batch_size=16, seed=3, memory_budget_bytes=10 * 2**20,
+                                                       mode="stream", buffer_chunks=2, pad_id=7)
+    moved = replace(cfg, alpha=0.25, lr=1e-3)
+    assert moved.loss.alpha == 0.25 and moved.optim.lr == 1e-3
+    assert pickle.loads(pickle.dumps(cfg)).loss == cfg.loss  # sweeps send configs to worker processes
+
+
+def test_one_error_lists_the_problems_of_every_part():
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(store="s", out="o", alpha=2.0, batch_size=0, lr=-1.0, layers=0, device="tpu")
+    message, problems = str(info.value), info.value.problems
+    assert message.startswith("invalid training config: ") and message.count("invalid") == 1
+    for part in ("alpha must be in [0, 1]. Got 2.0 instead", "batch size must be >= 1. Got 0 instead",
+                 "learning rate must be > 0. Got -1.0 instead", "layers must be >= 1. Got 0 instead",
+                 "device must be auto, cpu, cuda[:N] or mps. Got 'tpu' instead"):
+        assert part in message and part in problems, part
+    assert len(problems) == 5
+
+
+# ---------------------------------------------------------------------------- learning-rate schedule
+@pytest.mark.parametrize("schedule,factors", [
+    ("linear", [0, 1 / 2, 1, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]),
+    ("constant", [0, 1 / 2, 1, 1, 1, 1, 1, 1, 1, 1]),
+])
+def test_the_lr_schedule_is_transformers_warmup_schedule(schedule, factors):
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    from students.train import _optimizer
+
+    def lrs(opt, sched) -> list[list[float]]:
+        seen = []
+        for _ in range(10):
+            seen.append(sched.get_last_lr())  # the lr of this step, one per parameter group
+            opt.step()
+            sched.step()
+        return seen
+
+    optim = OptimConfig(lr=1e-3, schedule=schedule, warmup_ratio=0.2, max_steps=10)  # warm-up: 2 steps
+    ours = lrs(*_optimizer(torch.nn.Linear(3, 2), optim, optim.total_steps(steps_per_epoch=4)))
+    ref_opt = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
+    ref = (get_linear_schedule_with_warmup(ref_opt, 2, 10) if schedule == "linear"
+           else get_constant_schedule_with_warmup(ref_opt, 2))
+    assert [step[0] for step in ours] == [step[0] for step in lrs(ref_opt, ref)]
+    assert [step[0] for step in ours] == pytest.approx([1e-3 * f for f in factors])
+    assert all(len(set(step)) == 1 for step in ours)  # weight-decay and no-decay groups share the lr
+
