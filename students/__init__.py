@@ -6,7 +6,7 @@
 
 The modules, in the order data flows: config (the settings of a run, validated once), data
 (batches from the store), teacher (cached or online teacher logits), model (skip-layer
-students), loss (the one KD loss), train (the recipe), sweep (grid and greedy KD-parameter
+students), loss (the one KD loss), train (the recipe), sweep/ (grid and greedy KD-parameter
 searches), report (tables and plots of a sweep), cli (`students train`, `students sweep`,
 `students report`).
 """

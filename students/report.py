@@ -20,9 +20,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from students.config import TrainConfig
 from students.sweep import (MANIFEST, RESULTS, LayersOutcome, Point, PointStats, ResultsFileError, Reward,
                             load_results, point_stats, run_config, run_key)
-from students.train import TrainConfig
 
 MAX_PLOT_ROWS = 40  # configurations drawn in metrics.png (the marked ones always are)
 
