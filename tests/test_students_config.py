@@ -1,6 +1,6 @@
 """Training configs: the sweep's run keys and run_config.json fields stay what older sweep
 folders hold (pinned values), so a sweep started before a refactor still resumes; the nested
-parts and their one error; the learning-rate schedule."""
+parts and their one error; the learning-rate schedule; the CLI flags of train and sweep."""
 from __future__ import annotations
 
 import pickle
@@ -95,3 +95,63 @@ def test_the_lr_schedule_is_transformers_warmup_schedule(schedule, factors):
     assert [step[0] for step in ours] == pytest.approx([1e-3 * f for f in factors])
     assert all(len(set(step)) == 1 for step in ours)  # weight-decay and no-decay groups share the lr
 
+
+# ---------------------------------------------------------------------------- CLI flags
+def _parse(*argv: str):
+    from students.cli import _parser
+
+    return _parser().parse_args(list(argv))
+
+
+def _subparser(command: str):
+    from students.cli import _parser
+
+    parser = _parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices[command]
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_every_flag_of_train_and_sweep_is_explained(command, capsys):
+    import argparse
+
+    shown = [a for a in _subparser(command)._actions if a.help != argparse.SUPPRESS]  # --debug: the global flag
+    assert len(shown) > 20
+    for action in shown:
+        assert action.help and len(action.help) > 10, action.option_strings
+    with pytest.raises(SystemExit):
+        _parse(command, "--help")
+    text = capsys.readouterr().out
+    for action in shown:
+        assert any(flag in text for flag in action.option_strings), action.option_strings
+
+
+def test_train_flags_set_every_field_and_default_to_trainconfig():
+    from students.cli import config_kwargs
+
+    args = _parse("train", "--store", "s.zarr", "--out", "o")
+    assert TrainConfig(store=args.store, out=args.out, **config_kwargs(args, "train")) == TrainConfig("s.zarr", "o")
+    flags = ["--distance", "mse", "--temperature", "4", "--student-temperature", "1", "--alpha", "0.9", "--teacher",
+             "tll", "--layers", "3", "--init", "/x", "--epochs", "1", "--batch-size", "16", "--eval-batch-size", "64",
+             "--lr", "5e-4", "--schedule", "constant", "--warmup-ratio", "0", "--weight-decay", "0",
+             "--max-grad-norm", "0.5", "--seed", "3", "--max-steps", "30", "--eval-every", "10", "--device", "cpu",
+             "--online", "onnx", "--memory-budget-mb", "10", "--loader", "stream", "--no-progress",
+             "--save-checkpoints", "--group-by-length"]
+    args = _parse("train", "--store", "s.zarr", "--out", "o", *flags)
+    cfg = TrainConfig(store=args.store, out=args.out, **config_kwargs(args, "train"))
+    assert cfg == TrainConfig(**{**EVERY_FIELD, "buffer_chunks": 4, "group_by_length": True})
+
+
+def test_sweep_shares_the_training_flags_but_not_the_kd_ones():
+    from students.cli import OPTIONS, config_kwargs
+    from students.sweep import SPACE_KEYS
+
+    args = _parse("sweep", "--store", "s.zarr", "--out", "sw", "--lr", "5e-4", "--init", "/x", "--alpha", "0.25,1")
+    kwargs = config_kwargs(args, "sweep")
+    assert kwargs["lr"] == 5e-4 and kwargs["init"] == "/x"
+    assert not {"distance", "temperature", "student_temperature", "alpha", "teacher", "layers", "seed"} & set(kwargs)
+    assert args.alpha == "0.25,1"  # a space value, parsed by load_space
+    assert TrainConfig(store="s.zarr", out="sw", progress=False, **kwargs) == replace(
+        SweepConfig("s.zarr", "sw").template, lr=5e-4, init="/x")
+    sweep_flags = {a.dest for a in _subparser("sweep")._actions}
+    assert set(SPACE_KEYS) <= sweep_flags and {o.field for o in OPTIONS if not o.train_only} <= sweep_flags
