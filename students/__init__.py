@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from students.config import KDLossConfig, LoaderConfig, OptimConfig, TrainConfig
 from students.data import Batch, SplitBatches
-from students.errors import ConfigError, OnlineTeacherError, StoreContentError, StudentInitError, StudentsError
+from students.errors import (ConfigError, OnlineTeacherError, OutputPathError, StoreContentError, StudentInitError,
+                             StudentsError)
 from students.loss import KDLossOutput, kd_loss
 from students.model import StudentInit, build_student, layer_map
 from students.report import SweepReport, load_report, write_report
@@ -25,7 +26,7 @@ from students.train import EvalResult, TrainResult, evaluate, train
 __version__ = "0.1.0"
 __all__ = [
     "Batch", "ConfigError", "EvalResult", "KDLossConfig", "KDLossOutput", "LoaderConfig", "OnlineTeacherError",
-    "OptimConfig", "Point", "ResultsFileError", "RunOutcome", "SplitBatches",
+    "OptimConfig", "OutputPathError", "Point", "ResultsFileError", "RunOutcome", "SplitBatches",
     "StoreContentError", "StudentInit", "StudentInitError", "StudentsError", "SweepConfig", "SweepReport",
     "SweepResult", "SweepSpace", "SweepSpaceError", "TrainConfig", "TrainResult", "build_student", "evaluate",
     "kd_loss", "layer_map", "load_report", "load_space", "run_sweep", "train", "write_report"

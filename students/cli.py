@@ -56,7 +56,7 @@ OPTIONS = (
            "distillation", True, choices=ONLINE_KINDS),
     Option("layers", "student layers; layer j is initialised from teacher layer floor((j+1)*N/K)-1", "student",
            True, metavar="K"),
-    Option("init", "initialise from this transformers model folder instead of the teacher "
+    Option("init", "initialise from this transformers model folder (safetensors weights) instead of the teacher "
            "checkpoint (same vocabulary as the store; more layers than K are skipped the same way)", "student",
            metavar="PATH"),
     Option("epochs", "training epochs", "optimisation", metavar="N"),

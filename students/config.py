@@ -20,9 +20,10 @@ Every problem message ends "Got X instead". Nothing here imports torch.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
-from students.errors import ConfigError
+from students.errors import ConfigError, OutputPathError
 
 DISTANCES = ("ce", "mse")
 STUDENT_TEMPERATURES = ("1", "teacher")
@@ -251,3 +252,25 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
+
+def output_dir(path: str | Path, flag: str = "--out", create: bool = True) -> Path:
+    """Create the output folder ``path`` (and its parents) and return it; with ``create``
+    False only check that it could be (nothing is written).
+
+    Raises OutputPathError, one line naming the fix, when a file is in the way (``path`` or
+    one of its parents is a file) or the folder cannot be created (no permission, read-only)."""
+    out = Path(path)
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise OutputPathError(f"{flag} {out}: {p} is a file, not a folder; pass a folder path "
+                                      "(a new or an existing folder)")
+            break
+    if not create:
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"cannot create the {flag} folder {out} ({exc.strerror or exc}); "
+                              "pass a folder you can write to") from exc
+    return out

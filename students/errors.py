@@ -23,6 +23,10 @@ class ConfigError(StudentsError, ValueError):
         self.problems = list(problems) or [message]
 
 
+class OutputPathError(StudentsError, OSError):
+    """An output folder (``--out``) cannot be created: a file is in the way, or no permission."""
+
+
 class StudentInitError(StudentsError, ValueError):
     """The student cannot be built: too many layers, an incompatible --init model, ..."""
 

@@ -32,7 +32,7 @@ from logitstore.format import CheckpointMeta
 from logitstore.metrics import task_scores
 from logitstore.store import LogitStore, SplitData, open_store
 from logitstore.tasks import TASKS, model_logits
-from students.config import KDLossConfig, OptimConfig, TrainConfig
+from students.config import KDLossConfig, OptimConfig, TrainConfig, output_dir
 from students.data import Batch, SplitBatches
 from students.errors import ConfigError, StoreContentError
 from students.loss import task_loss
@@ -248,13 +248,13 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     version, no such checkpoint) and students errors for everything else the user can fix.
     """
     console = console or Console()
+    output_dir(config.out, create=False)  # a file in the way fails here, before the store is read
     run = _prepare(config, console)
     loss_cfg, student, name = config.loss, run.student, run.ckpt.name if run.ckpt else None
     steps_per_epoch = len(run.train_batches)
     total_steps = config.optim.total_steps(steps_per_epoch)
     opt, sched = _optimizer(student, config.optim, total_steps)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(config.out)
     _write_run_config(out, config, run, steps_per_epoch, total_steps)
 
     losses: list[float] = []

@@ -8,7 +8,8 @@ One module per part (docs/sweeps.md has the user's view):
 
 * ``space``: SweepSpace, parse_space, load_space (flags and TOML; SweepSpaceError).
 * ``points``: Point, the run config and run key of a (point, seed), RunOutcome, PointStats.
-* ``results``: results.jsonl and sweep.json (load_results, append_record; ResultsFileError).
+* ``results``: results.jsonl and sweep.json (load_results, append_record, read_manifest;
+  ResultsFileError).
 * ``runner``: Runner, which trains the runs a strategy asks for that results.jsonl lacks.
 * ``strategies``: the baselines, ``greedy`` (the study's search), ``grid``, rewards.
 * ``recipe``: SweepConfig and run_sweep, which ties them together.
@@ -23,7 +24,8 @@ from __future__ import annotations
 from students.sweep.points import (RUNS_DIR, Point, PointStats, RunOutcome, point_stats, run_config, run_key,
                                    train_run)
 from students.sweep.recipe import SweepConfig, SweepResult, run_sweep
-from students.sweep.results import MANIFEST, RECORD_VERSION, RESULTS, ResultsFileError, append_record, load_results
+from students.sweep.results import (MANIFEST, RECORD_VERSION, RESULTS, ResultsFileError, append_record,
+                                    load_results, read_manifest)
 from students.sweep.runner import Runner, RunFn
 from students.sweep.space import PARAMS, SPACE_KEYS, SweepSpace, SweepSpaceError, load_space, parse_space
 from students.sweep.strategies import (GREEDY_ORDER, HINTON, RECOMMENDED, STRATEGIES, TUNED, LayersOutcome, Reward,
@@ -34,5 +36,5 @@ __all__ = [
     "SPACE_KEYS", "STRATEGIES", "TUNED", "LayersOutcome", "Point", "PointStats", "ResultsFileError", "Reward",
     "RunFn", "RunOutcome", "Runner", "SweepConfig", "SweepResult", "SweepSpace", "SweepSpaceError",
     "append_record", "baselines", "greedy", "grid", "load_results", "load_space", "parse_space", "point_stats",
-    "run_config", "run_key", "run_sweep", "train_run",
+    "read_manifest", "run_config", "run_key", "run_sweep", "train_run",
 ]

@@ -12,12 +12,10 @@ from typing import Any
 
 from rich.console import Console
 
-import json
-
-from students.config import TrainConfig
+from students.config import TrainConfig, output_dir
 from students.errors import ConfigError
 from students.sweep.points import NOT_IN_KEY, train_run
-from students.sweep.results import MANIFEST, RECORD_VERSION, check_same_store, write_manifest
+from students.sweep.results import RECORD_VERSION, check_same_store, read_manifest, write_manifest
 from students.sweep.runner import Runner, RunFn
 from students.sweep.space import PARAMS, SweepSpace
 from students.sweep.strategies import GREEDY_ORDER, STRATEGIES, LayersOutcome, greedy, grid
@@ -85,14 +83,14 @@ def run_sweep(config: SweepConfig, run_fn: RunFn = train_run, console: Console |
     SWEEP_DIR/sweep.json (the plan, then the outcome). ``run_fn`` trains one config;
     ``check_store`` = False skips opening the store (for fake run functions).
 
-    Raises ResultsFileError (a corrupt results.jsonl, a folder of another store) and
-    logitstore errors for the store."""
+    Raises OutputPathError (SWEEP_DIR cannot be a folder), ResultsFileError (a damaged
+    sweep.json or results.jsonl, a folder of another store), logitstore errors for the store."""
     console = console or Console()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(config.out)
+    old = read_manifest(out)  # the folder's own files first: a damaged one fails before the store is read
     identity = _store_identity(config.store, config.space) if check_store else None
-    if (out / MANIFEST).exists() and identity is not None:
-        check_same_store(out, json.loads((out / MANIFEST).read_text()), identity)
+    if identity is not None:
+        check_same_store(out, old, identity)
     manifest = _manifest(config, identity)
     write_manifest(out, manifest)
     runner = Runner(out, config.template, config.space.seeds, run_fn, config.workers, console,

@@ -1,7 +1,7 @@
 """The files of a sweep folder: ``results.jsonl`` (one record per finished run, appended
 and fsynced as runs finish; a truncated last line from a kill is ignored) and ``sweep.json``
 (the manifest: store and its identity, strategy, space, training options, status, outcomes;
-rewritten atomically). A corrupt line elsewhere is a ResultsFileError naming the line."""
+rewritten atomically). Any other damage is a ResultsFileError naming the file and the fix."""
 from __future__ import annotations
 
 import json
@@ -53,6 +53,23 @@ def append_record(sweep_dir: Path, record: Mapping[str, Any]) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_manifest(sweep_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """SWEEP_DIR/sweep.json, or None when the folder has none. Raises ResultsFileError,
+    naming the file and the fix, when it is not a JSON object (cut short, edited, binary)."""
+    path = Path(sweep_dir) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_bytes())
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ResultsFileError(f"{path} is not a sweep manifest ({type(exc).__name__}: {exc}); delete it and rerun "
+                               f"the same `students sweep` command, which writes it again (the finished runs in "
+                               f"{RESULTS} are kept)") from exc
+    return manifest
 
 
 def write_manifest(sweep_dir: Path, manifest: Mapping[str, Any]) -> None:

@@ -131,23 +131,36 @@ def parse_space(data: Mapping[str, Any], source: str = "flags") -> SweepSpace:
     return space
 
 
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The top-level table of the TOML file ``path``; SweepSpaceError naming the fix when
+    it is missing, a folder, unreadable, not UTF-8 text or not TOML."""
+    try:
+        import tomllib  # stdlib from Python 3.11
+    except ImportError as exc:
+        raise SweepSpaceError("reading --space FILE.toml needs Python 3.11 (tomllib); "
+                              "pass the values as flags instead") from exc
+    p = Path(path)
+    if p.is_dir():
+        raise SweepSpaceError(f"--space {path} is a folder; pass --space FILE.toml, a TOML file with the space")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except FileNotFoundError as exc:
+        raise SweepSpaceError(f"no sweep space file at {path}; pass --space FILE.toml with an existing file") from exc
+    except OSError as exc:
+        raise SweepSpaceError(f"cannot read sweep space file {path} ({exc.strerror or exc}); "
+                              "pass --space FILE.toml with a file you can read") from exc
+    except UnicodeDecodeError as exc:
+        raise SweepSpaceError(f"sweep space file {path} is not UTF-8 text (byte {exc.start}); "
+                              "pass --space FILE.toml, a TOML text file") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SweepSpaceError(f"cannot parse sweep space file {path} ({exc}); fix its TOML syntax") from exc
+
+
 def load_space(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None) -> SweepSpace:
     """The space of a TOML file (top-level keys = SPACE_KEYS) with flag ``overrides`` on
     top (None values ignored). Raises SweepSpaceError."""
-    data: dict[str, Any] = {}
-    source = "flags"
-    if path is not None:
-        source = f"{path}"
-        try:
-            import tomllib  # stdlib from Python 3.11
-        except ImportError as exc:
-            raise SweepSpaceError("reading --space FILE.toml needs Python 3.11 (tomllib); "
-                                  "pass the values as flags instead") from exc
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError as exc:
-            raise SweepSpaceError(f"no sweep space file at {path}; pass --space FILE.toml with an existing file") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise SweepSpaceError(f"cannot parse sweep space file {path} ({exc}); fix its TOML syntax") from exc
+    data = _read_toml(path) if path is not None else {}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return parse_space(data, source)
+    return parse_space(data, "flags" if path is None else f"{path}")
