@@ -25,6 +25,7 @@ import torch
 from logitstore.assets import ASSETS, RT_LABELS, fetch, minilm_classifier, rotten_tomatoes_splits
 from logitstore.build import BuildConfig, build_store
 from logitstore.export import export_checkpoint, load_model
+from logitstore.tasks import get_task
 from logitstore.infer import infer_rows, make_session, pad_batch
 from logitstore.store import open_store
 
@@ -93,7 +94,7 @@ def main() -> None:
     names = tuple(store.meta.input_names)
     exp = export_checkpoint(teacher)
     session = make_session(exp.onnx_path, "cpu", threads)
-    model = load_model(teacher)
+    model = load_model(teacher, get_task("classification"))
     pad = store.meta.pad_token_id
     t_ort, t_pt, t_pad = [], [], []
     for _ in range(args.rounds):  # 1-2. interleaved

@@ -37,7 +37,7 @@ import torch
 from logitstore import open_store
 from logitstore.assets import ASSETS, RT_LABELS, fetch, minilm_classifier, rotten_tomatoes_splits
 from logitstore.build import BuildConfig, build_store
-from logitstore.ner import label_names, read_conll, wnut_splits
+from logitstore.tasks.ner import label_names, read_conll, wnut_splits
 from students.train import TrainConfig, train
 
 MODES = {  # name -> (alpha, online)

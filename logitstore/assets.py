@@ -141,14 +141,14 @@ def minilm_classifier(model_dir: Path, out: Path, labels: list[str], seed: int =
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from logitstore.tasks import auto_model_class
+    from logitstore.tasks import get_task
 
     if (out / "config.json").exists():
         return out
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
-    model = auto_model_class(task).from_pretrained(
+    model = get_task(task).model_class().from_pretrained(
         model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={n: i for i, n in enumerate(labels)})
     tmp = out.with_name(out.name + ".tmp")
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.task == "ner":
-        from logitstore.ner import label_names, read_conll, wnut_splits
+        from logitstore.tasks.ner import label_names, read_conll, wnut_splits
 
         labels = label_names(tags for _, tags in read_conll(corpus))  # from the whole corpus, not the subset
         data = wnut_splits(corpus, args.out / f"wnut16-{args.limit or 'all'}-s{args.seed}", args.limit, args.seed)

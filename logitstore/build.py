@@ -17,8 +17,7 @@ import numpy as np
 
 from logitstore import __version__
 from logitstore.checkpoints import Checkpoint, discover, weights_sha256
-from logitstore.data import (DEFAULT_COLUMNS, DataConfig, dataset_fingerprint, load_splits, resolve_labels,
-                             resolve_tag_labels, tokenize_split, tokenizer_fingerprint)
+from logitstore.data import DataConfig, dataset_fingerprint, load_splits, tokenize_split, tokenizer_fingerprint
 from logitstore.encode import encode
 from logitstore.format import ENCODINGS
 from logitstore.errors import (CheckpointError, DataError, LogitStoreError, StoreCorruptError,
@@ -26,10 +25,9 @@ from logitstore.errors import (CheckpointError, DataError, LogitStoreError, Stor
 from logitstore.export import PARITY_TOLERANCE, export_checkpoint, load_model, parity_error
 from logitstore.format import CheckpointMeta, StoreMeta
 from logitstore.infer import infer_rows, make_session, pad_batch, plan_batches
-from logitstore.metrics import task_scores
 from logitstore.progress import Progress, console
 from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData
-from logitstore.tasks import TASKS, get_task, task_of_architecture
+from logitstore.tasks import Task, get_task, task_of_architecture, task_of_folders
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "added_tokens.json")
@@ -41,7 +39,8 @@ class BuildConfig:
 
     ``task`` None means the task the teachers' config.architectures name (else sequence
     classification); ``text_columns``, ``label_column`` and ``metric`` None mean the task's
-    defaults (data.DEFAULT_COLUMNS; tasks.TASKS[task].metrics[0]). ``stride``: QA only.
+    defaults (the task's ``text_columns``, ``label_column`` and ``default_metric``).
+    ``stride``: tasks that window long texts (QA) only.
     """
 
     teachers: tuple[Path, ...]
@@ -72,14 +71,13 @@ class BuildConfig:
         if self.tokenizer is not None:
             object.__setattr__(self, "tokenizer", Path(self.tokenizer))
         try:
-            task = get_task(self.task).name if self.task else teachers_task(self.teachers)
+            task = get_task(self.task) if self.task else task_of_folders(self.teachers)
         except ValueError as exc:
             raise DataError(f"--task: {exc}") from exc
-        object.__setattr__(self, "task", task)
-        cols, label_col = DEFAULT_COLUMNS[task]
-        object.__setattr__(self, "text_columns", tuple(self.text_columns or cols))
-        object.__setattr__(self, "label_column", self.label_column or label_col)
-        object.__setattr__(self, "metric", self.metric or TASKS[task].default_metric)
+        object.__setattr__(self, "task", task.name)
+        object.__setattr__(self, "text_columns", tuple(self.text_columns or task.text_columns))
+        object.__setattr__(self, "label_column", self.label_column or task.label_column)
+        object.__setattr__(self, "metric", self.metric or task.default_metric)
         problems = []
         if not self.teachers and self.tokenizer is None:
             problems.append("give at least one --teacher, or --tokenizer for a store of token ids only")
@@ -89,30 +87,19 @@ class BuildConfig:
             problems.append(f"--chunk-rows must be >= 1; got {self.chunk_rows} instead")
         if self.token_budget < self.max_length:
             problems.append(f"--token-budget must be >= --max-length ({self.max_length}); got {self.token_budget} instead")
-        if self.metric not in TASKS[task].metrics:
-            problems.append(f"--metric must be one of {', '.join(TASKS[task].metrics)} for {task}; "
+        if self.metric not in task.metrics:
+            problems.append(f"--metric must be one of {', '.join(task.metrics)} for {task.name}; "
                             f"got {self.metric!r} instead")
         if problems:
             raise DataError("; ".join(problems))
         object.__setattr__(self, "data_config", DataConfig(
-            str(self.data), self.text_columns, self.label_column, self.validation_split,
-            tuple(self.split_fractions), self.split_seed, self.max_length, task, self.stride))
+            str(self.data), task, self.text_columns, self.label_column, self.validation_split,
+            tuple(self.split_fractions), self.split_seed, self.max_length, self.stride))
 
-
-def teachers_task(teachers: tuple[Path, ...]) -> str:
-    """The task the first teacher config found names (checkpoint-* subfolders included)."""
-    import json
-
-    for t in teachers:
-        for cfg in [t / "config.json", *sorted(t.glob("checkpoint-*/config.json"))]:
-            if cfg.is_file():
-                try:
-                    task = task_of_architecture(json.loads(cfg.read_text()).get("architectures"))
-                except ValueError:
-                    continue
-                if task:
-                    return task
-    return "sequence-classification"
+    @property
+    def task_def(self) -> Task:
+        """The build's Task (``task`` holds its canonical name)."""
+        return self.data_config.task
 
 
 @dataclass(frozen=True)
@@ -127,7 +114,8 @@ def build_store(cfg: BuildConfig) -> BuildResult:
     """Build (or resume, or extend) the store at ``cfg.out``. Raises LogitStoreError subclasses."""
     t0 = time.perf_counter()
     ckpts = discover(list(cfg.teachers)) if cfg.teachers else []
-    _check_tasks(ckpts, cfg.task, cfg.out)
+    task = cfg.task_def
+    _check_tasks(ckpts, task, cfg.out)
     tok_dir = Path(cfg.tokenizer) if cfg.tokenizer is not None else _tokenizer_folder(ckpts)
     from transformers import AutoConfig, AutoTokenizer
 
@@ -143,12 +131,7 @@ def build_store(cfg: BuildConfig) -> BuildResult:
         names = [model_cfg.id2label[i] for i in range(model_cfg.num_labels)] if model_cfg else None
     with console.status("reading and tokenizing the data"):
         raw = load_splits(cfg.data_config)
-        if cfg.task == "token-classification":
-            label_names, label_map = resolve_tag_labels(raw, cfg.label_column, names)
-        elif cfg.task == "question-answering":
-            label_names, label_map = ["start", "end"], {}
-        else:
-            label_names, label_map = resolve_labels(raw, cfg.label_column, names)
+        label_names, label_map = task.resolve_labels(raw, cfg.label_column, names)
         input_names = _input_names(model_cfg, tokenizer)
         splits, hashes = {}, {}
         for name, ds in raw.items():
@@ -160,7 +143,7 @@ def build_store(cfg: BuildConfig) -> BuildResult:
         dataset_fingerprint=dataset_fingerprint(hashes, cfg.data_config), input_names=list(input_names),
         validation_split=cfg.validation_split, created_by=f"logitstore {__version__}",
         pad_token_id=int(tokenizer.pad_token_id or 0),
-        stride=cfg.stride if cfg.task == "question-answering" else None,
+        stride=cfg.stride if task.uses_stride else None,
     )
     store = _open_or_create(cfg.out, meta, hashes)
     for name, data in splits.items():
@@ -178,7 +161,7 @@ def build_store(cfg: BuildConfig) -> BuildResult:
     return BuildResult(cfg.out, built, skipped, time.perf_counter() - t0)
 
 
-def _check_tasks(ckpts: list[Checkpoint], task: str, out: Path) -> None:
+def _check_tasks(ckpts: list[Checkpoint], task: Task, out: Path) -> None:
     """Refuse, before any data is read, a teacher whose config.architectures name another
     task than the store at ``out`` holds (or, for a new store, than the build's task), and
     a --task other than the existing store's."""
@@ -187,8 +170,8 @@ def _check_tasks(ckpts: list[Checkpoint], task: str, out: Path) -> None:
     held = None
     if (out / "zarr.json").is_file():
         try:
-            held = LogitStore.open(out).meta.task
-        except LogitStoreError:
+            held = get_task(LogitStore.open(out).meta.task)
+        except (LogitStoreError, ValueError):
             held = None  # _open_or_create reports an unreadable store
     for ck in ckpts:
         try:
@@ -196,15 +179,16 @@ def _check_tasks(ckpts: list[Checkpoint], task: str, out: Path) -> None:
         except (OSError, ValueError):
             continue  # loading the checkpoint reports it
         found = task_of_architecture(arch)
-        if found is not None and found != (held or task):
-            where = f"store {out} holds {held}" if held else f"this build is {task} (--task)"
+        if found is not None and found is not (held or task):
+            where = f"store {out} holds {held.name}" if held else f"this build is {task.name} (--task)"
             raise StoreMismatchError(
-                f"checkpoint {ck.name} is a {found} model ({arch[0]}) but {where}; build it into a store "
-                f"of its own task (a new --out, --task {found})"
+                f"checkpoint {ck.name} is a {found.name} model ({arch[0]}) but {where}; build it into a store "
+                f"of its own task (a new --out, --task {found.name})"
             )
-    if held is not None and held != task:
+    if held is not None and held is not task:
         raise StoreMismatchError(
-            f"store {out} holds {held} but this build is {task}; pass --task {held} or build into a new --out"
+            f"store {out} holds {held.name} but this build is {task.name}; pass --task {held.name} or build into "
+            "a new --out"
         )
 
 
@@ -267,17 +251,17 @@ def _build_checkpoint(store: LogitStore, ck: Checkpoint, cfg: BuildConfig,
         if old.complete:
             console.print(f"checkpoint [bold]{ck.name}[/]: complete, skipped")
             return False
-    _check_teacher(ck, store.meta, tokenizer)
+    task = get_task(store.meta.task)
+    _check_teacher(ck, store.meta, task, tokenizer)
     t0 = time.perf_counter()
     val = splits[store.meta.validation_split]
     sample = _sample_batches(val, store.meta.pad_token_id, tuple(store.meta.input_names))
     with console.status(f"exporting {ck.name} to ONNX"):
-        exp = export_checkpoint(ck.path, sample, cfg.parity_tolerance, weights_sha=wsha, task=store.meta.task)
+        exp = export_checkpoint(ck.path, sample, cfg.parity_tolerance, weights_sha=wsha, task=task)
     session = make_session(exp.onnx_path, cfg.provider, cfg.threads)
     parity = exp.parity_max_abs_err
     if session.provider != "CPU":  # the parity that counts is the one of the provider that runs
-        parity = max(parity, parity_error(load_model(ck.path, store.meta.task), session.session, sample,
-                                          exp.input_names, store.meta.task))
+        parity = max(parity, parity_error(load_model(ck.path, task), session.session, sample, exp.input_names, task))
         if parity > cfg.parity_tolerance:
             raise CheckpointError(f"{session.provider} execution of {ck.name} differs from PyTorch by {parity:.3g}; "
                                   "use --provider cpu")
@@ -293,7 +277,7 @@ def _build_checkpoint(store: LogitStore, ck: Checkpoint, cfg: BuildConfig,
     for name, data in splits.items():
         _fill_split(store, ck.name, data, session, cfg)
     errs = [store.logits_meta(ck.name, s).max_abs_err for s in splits]
-    scores = task_scores(store.meta.task, store.read_logits(ck.name, val.name), val, store.meta.label_names)
+    scores = task.scores(store.read_logits(ck.name, val.name), val, store.meta.label_names)
     meta = replace(meta, val_loss=scores["loss"], val_score=scores[cfg.metric],
                    val_scores={k: v for k, v in scores.items() if k != "loss"}, encode_max_abs_err=max(errs),
                    build_seconds=round(time.perf_counter() - t0, 3), complete=True)
@@ -303,25 +287,14 @@ def _build_checkpoint(store: LogitStore, ck: Checkpoint, cfg: BuildConfig,
     return True
 
 
-def _check_teacher(ck: Checkpoint, meta: StoreMeta, tokenizer: Any) -> None:
+def _check_teacher(ck: Checkpoint, meta: StoreMeta, task: Task, tokenizer: Any) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     cfg = AutoConfig.from_pretrained(ck.path)  # its task was checked against the store's by _check_tasks
-    if meta.task == "question-answering":
-        if cfg.num_labels != 2:
-            raise StoreMismatchError(f"checkpoint {ck.name} has {cfg.num_labels} outputs per token; "
-                                     "a QA teacher has 2 (start, end)")
-    elif cfg.num_labels != meta.num_labels:
-        raise StoreMismatchError(
-            f"checkpoint {ck.name} has {cfg.num_labels} labels but the store has {meta.num_labels} "
-            f"({', '.join(meta.label_names)}); use a teacher with the store's label set or a new --out"
-        )
-    names = [cfg.id2label[i] for i in range(cfg.num_labels)]
-    if meta.task != "question-answering" and names != list(meta.label_names) and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
-        raise StoreMismatchError(
-            f"checkpoint {ck.name} has labels {', '.join(names)} but the store has {', '.join(meta.label_names)} "
-            "(names and order must match); use a teacher trained on the store's labels or a new --out"
-        )
+    problem = task.teacher_problem(cfg.num_labels, [cfg.id2label[i] for i in range(cfg.num_labels)],
+                                   list(meta.label_names))
+    if problem:
+        raise StoreMismatchError(f"checkpoint {ck.name} {problem}")
     if (ck.path / "tokenizer_config.json").exists() or (ck.path / "tokenizer.json").exists():
         fp = tokenizer_fingerprint(AutoTokenizer.from_pretrained(ck.path))
         if fp != meta.tokenizer_fingerprint:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from logitstore.errors import LogitStoreError, run_cli
-from logitstore.tasks import TASKS
+from logitstore.tasks import ALIASES, TASKS
 
 EPILOG = "Set LOGITSTORE_CACHE to move the ONNX export cache (default ~/.cache/logitstore)."
 
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="CSV/JSON/JSONL/parquet file, a folder of split files (train.csv, validation.csv, ...), "
                         "a datasets save_to_disk folder, or a hub dataset name where a hub is reachable; "
                         "NER: also CoNLL two-column .conll/.txt files; QA: also SQuAD .json files")
-    b.add_argument("--task", default=None, choices=["classification", "ner", "qa", *TASKS],
+    b.add_argument("--task", default=None, choices=[*ALIASES, *TASKS],
                    help="classification (one label per example), ner (BIO tag per word: per-token logits) or "
                         "qa (extractive: start/end logits per token); default: what the teacher's "
                         "config.architectures says, else classification")
@@ -117,9 +117,7 @@ def _run(args: argparse.Namespace) -> int:
 
         from logitstore.export import export_checkpoint
 
-        from logitstore.build import teachers_task
-
-        res = export_checkpoint(args.checkpoint, task=teachers_task((args.checkpoint,)))
+        res = export_checkpoint(args.checkpoint)  # the task its config.architectures names
         if args.out:
             shutil.copyfile(res.onnx_path, args.out)
         print(f"{'cached' if res.cached else 'exported'}: {args.out or res.onnx_path} "

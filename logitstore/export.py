@@ -30,7 +30,7 @@ import torch
 
 from logitstore.checkpoints import weights_sha256
 from logitstore.errors import CheckpointError, ExportError
-from logitstore.tasks import auto_model_class, get_task, model_logits
+from logitstore.tasks import Task, task_of_folders
 
 PARITY_TOLERANCE = 1e-3
 OPSET = 17
@@ -58,18 +58,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("LOGITSTORE_CACHE", Path.home() / ".cache" / "logitstore"))
 
 
-def load_model(folder: Path, task: str = "sequence-classification") -> Any:
+def load_model(folder: Path, task: Task) -> Any:
     """The checkpoint as an eval-mode model of ``task``'s Auto class (eager attention)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model = auto_model_class(task).from_pretrained(
+        model = task.model_class().from_pretrained(
             folder, attn_implementation="eager", use_safetensors=True, trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot load {folder} as a {task} checkpoint ({type(exc).__name__}: {exc}); "
+            f"cannot load {folder} as a {task.name} checkpoint ({type(exc).__name__}: {exc}); "
             "pass a folder saved by save_pretrained"
         ) from exc
     return model.eval()
@@ -83,15 +83,15 @@ def graph_input_names(model: Any) -> tuple[str, ...]:
 
 
 class LogitsOnly(torch.nn.Module):
-    """Wraps a model so it takes the graph's inputs positionally and returns (logits,):
-    (B, C), (B, T, C) for token classification, (B, T, 2) start/end for QA."""
+    """Wraps a model so it takes the graph's inputs positionally and returns (logits,): the
+    task's stored tensor, (B, C) for the row layout, (B, T, C) for the token layout."""
 
-    def __init__(self, model: Any, names: tuple[str, ...], task: str = "sequence-classification") -> None:
+    def __init__(self, model: Any, names: tuple[str, ...], task: Task) -> None:
         super().__init__()
         self.model, self.names, self.task = model, names, task
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor]:
-        return (model_logits(self.model(**dict(zip(self.names, inputs))), self.task),)
+        return (self.task.model_logits(self.model(**dict(zip(self.names, inputs)))),)
 
 
 def probe_inputs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
@@ -109,8 +109,11 @@ def probe_inputs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndar
 
 def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None = None,
                       tolerance: float = PARITY_TOLERANCE, cache_dir: Path | None = None,
-                      weights_sha: str | None = None, task: str = "sequence-classification") -> ExportResult:
+                      weights_sha: str | None = None, task: Task | None = None) -> ExportResult:
     """Export ``folder`` to ONNX (or reuse the cached export) and parity-check it on CPU.
+
+    ``task`` None means the task the checkpoint's config.architectures names (else
+    sequence classification).
 
     ``sample``: padded int64 batches keyed by input name (real inputs); built-in probe
     sentences when None. ``weights_sha``: the folder's weights_sha256 when the caller has
@@ -118,8 +121,8 @@ def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None =
     """
     folder = Path(folder)
     wsha = weights_sha or weights_sha256(folder)
-    task = get_task(task).name
-    tag = _EXPORTER_TAG if task == "sequence-classification" else f"{_EXPORTER_TAG}|{task}"
+    task = task or task_of_folders((folder,))
+    tag = _EXPORTER_TAG + task.fingerprint_tag
     key = hashlib.sha256(f"{wsha}|{tag}|torch{torch.__version__}".encode()).hexdigest()[:24]
     target = (cache_dir or cache_root() / "onnx") / key
     onnx_path, info_path = target / "model.onnx", target / "export.json"
@@ -150,10 +153,9 @@ def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None =
     return ExportResult(onnx_path, names, err, wsha, cached)
 
 
-def _export(model: Any, names: tuple[str, ...], target: Path, task: str = "sequence-classification") -> None:
+def _export(model: Any, names: tuple[str, ...], target: Path, task: Task) -> None:
     dummy = tuple(torch.ones((2, 8), dtype=torch.long) for _ in names)
-    per_token = get_task(task).layout == "token"
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch", 1: "sequence"} if per_token
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch", 1: "sequence"} if task.per_token
                                                                else {0: "batch"}}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
@@ -179,7 +181,7 @@ def _cpu_session(onnx_path: Path) -> Any:
 
 
 def parity_error(model: Any, session: Any, sample: list[dict[str, np.ndarray]], names: tuple[str, ...],
-                 task: str = "sequence-classification") -> float:
+                 task: Task) -> float:
     """Max |ONNX - PyTorch| over the logits of every batch in ``sample`` (padding
     positions included: the graph must match PyTorch on them too).
 
@@ -190,7 +192,7 @@ def parity_error(model: Any, session: Any, sample: list[dict[str, np.ndarray]], 
         feed = {n: batch[n].astype(np.int64) for n in names}
         got = session.run(["logits"], feed)[0]
         with torch.no_grad():
-            ref = model_logits(model(**{n: torch.from_numpy(v) for n, v in feed.items()}), task).float().numpy()
+            ref = task.model_logits(model(**{n: torch.from_numpy(v) for n, v in feed.items()})).float().numpy()
         same_nonfinite = ~np.isfinite(got) & ~np.isfinite(ref) & ((got == ref) | (np.isnan(got) & np.isnan(ref)))
         diff = np.where(same_nonfinite, 0.0, np.abs(got - ref))  # NaN where only one side is NaN
         err = max(err, float(np.nan_to_num(diff, nan=np.inf).max()))

@@ -37,7 +37,6 @@ import zarr.codecs
 from logitstore.encode import Encoded, decode, storage_dtype
 from logitstore.errors import LogitStoreError, NoCheckpointError, StoreCorruptError
 from logitstore.format import CheckpointMeta, LogitsMeta, SplitMeta, StoreMeta
-from logitstore.tasks import IGNORE
 
 ATTR = "logitstore"
 ROW_CHUNK = 65_536
@@ -163,6 +162,8 @@ class LogitStore:
                 f"split {name!r} is not in store {self.path} (splits: {', '.join(self.split_names()) or 'none'}); "
                 "pick one of those or rebuild the store with it"
             )
+        from logitstore.tasks.base import IGNORE  # not at the top: the task modules import this one
+
         meta = self.split_meta(name)
         with _reading(self.path, f"split {name!r}"):
             g = self._root[f"splits/{name}"]

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData
-from logitstore.tasks import IGNORE
+from logitstore.tasks import IGNORE, get_task
 from students.config import LoaderConfig
 
 LENGTH_WINDOW_BATCHES = 4  # group_by_length sorts windows of this many batches
@@ -115,8 +115,9 @@ class SplitBatches:
         self.shuffle = shuffle
         self.read_logits = read_logits and checkpoint is not None
         self.rows = len(split)
-        self.per_token = store.meta.layout == "token"
-        self.token_labels = store.meta.task == "token-classification"
+        task = get_task(store.meta.task)
+        self.per_token = task.per_token
+        self.token_labels = task.token_labels
         self.chunk_rows = (store.logits_chunk_rows(checkpoint, split.name) if checkpoint is not None
                            else DEFAULT_LOGIT_CHUNK_ROWS)
         num_labels = store.meta.num_labels

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from logitstore.tasks import Task
 from students.config import KDLossConfig
 
 
@@ -108,34 +109,17 @@ def kd_loss(student_logits: torch.Tensor, labels: torch.Tensor | None,
     return KDLossOutput(loss, ce, kd)
 
 
-def task_loss(task: str, student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
+def task_loss(task: Task, student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
               cfg: KDLossConfig, attention_mask: torch.Tensor, use_labels: bool = True) -> tuple[KDLossOutput, int]:
     """The KD loss of one batch of ``task`` and the number of terms it averages.
 
-    * sequence classification: ``kd_loss`` over the B examples (logits (B, C)).
-    * token classification: ``kd_loss`` over the labelled tokens only (labels (B, T) !=
-      -100: the first sub-token of each word), as if they were examples; padding,
-      special tokens and later sub-tokens take no part in either term.
-    * question answering: logits (B, T, 2). The start logits of a window are one
-      distribution over its tokens (padding masked out), and so are the end logits;
-      L = (L_start + L_end) / 2, each a ``kd_loss`` with the gold start (end) position as
-      its label, the HF QA models' convention for the gold term.
-
-    ``use_labels`` False (alpha 1) drops the gold labels; the label mask of NER is still used.
+    The task flattens the batch into its terms (``Task.kd_terms``: sequence
+    classification one term over the B examples; token classification one over the
+    labelled tokens only; QA two, start and end, each a distribution over a window's real
+    tokens); the loss is the mean of ``kd_loss`` over the terms. ``use_labels`` False
+    (alpha 1) drops the gold labels; the task's masks still apply.
     """
-    if task == "sequence-classification":
-        return kd_loss(student_logits, labels if use_labels else None, teacher_logits, cfg), len(student_logits)
-    if task == "token-classification":
-        keep = labels != -100  # (B, T)
-        out = kd_loss(student_logits[keep], labels[keep] if use_labels else None,
-                      None if teacher_logits is None else teacher_logits[keep], cfg)
-        return out, int(keep.sum())
-    if task == "question-answering":
-        real = attention_mask.bool()  # (B, T)
-        parts = [kd_loss(student_logits[..., k], labels[:, k] if use_labels else None,
-                         None if teacher_logits is None else teacher_logits[..., k], cfg, mask=real)
-                 for k in (0, 1)]  # start, end: each (B, T) over the window's tokens
-        mean = lambda a, b: None if a is None else (a + b) / 2  # noqa: E731
-        return KDLossOutput((parts[0].loss + parts[1].loss) / 2, mean(parts[0].ce, parts[1].ce),
-                            mean(parts[0].kd, parts[1].kd)), len(student_logits)
-    raise ValueError(f"unknown task {task!r}")
+    terms, n = task.kd_terms(student_logits, labels, teacher_logits, attention_mask)
+    parts = [kd_loss(t.student, t.labels if use_labels else None, t.teacher, cfg, mask=t.mask) for t in terms]
+    mean = lambda xs: None if xs[0] is None else sum(xs) / len(xs)  # noqa: E731
+    return KDLossOutput(mean([p.loss for p in parts]), mean([p.ce for p in parts]), mean([p.kd for p in parts])), n

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 
-from logitstore.tasks import auto_model_class
+from logitstore.tasks import Task
 
 from students.data import Batch
 from students.errors import StudentInitError
@@ -84,7 +84,7 @@ def _refuse_pickle(source: str) -> None:
 
 
 def build_student(source: str, layers: int, label_names: list[str], vocab_size: int,
-                  task: str = "sequence-classification") -> tuple[PreTrainedModel, StudentInit]:
+                  task: Task) -> tuple[PreTrainedModel, StudentInit]:
     """A K-layer model of ``task`` (sequence or token classifier, QA span head)
     initialised from the model at ``source``.
 
@@ -105,7 +105,7 @@ def build_student(source: str, layers: int, label_names: list[str], vocab_size: 
             f"the model at {source} has a vocabulary of {src_vocab} tokens but the store's token ids are "
             f"for {vocab_size}; initialise from a model with the store's tokenizer"
         )
-    auto = auto_model_class(task)
+    auto = task.model_class()
     num_labels = len(label_names)
     labels = {"num_labels": num_labels, "id2label": dict(enumerate(label_names)),
               "label2id": {name: i for i, name in enumerate(label_names)}}
@@ -115,7 +115,7 @@ def build_student(source: str, layers: int, label_names: list[str], vocab_size: 
                                          use_safetensors=True, **labels)
     except Exception as exc:
         raise StudentInitError(
-            f"cannot load a {task} model from {source} ({type(exc).__name__}: {exc}); "
+            f"cannot load a {task.name} model from {source} ({type(exc).__name__}: {exc}); "
             "pass a transformers checkpoint folder"
         ) from exc
     prefix = _layer_prefix(src_model, n, source)

@@ -16,7 +16,7 @@ import torch
 
 from logitstore.checkpoints import weights_sha256
 from logitstore.format import CheckpointMeta
-from logitstore.tasks import auto_model_class, model_logits
+from logitstore.tasks import Task
 from students.data import Batch
 from students.errors import OnlineTeacherError
 from students.model import forward_kwargs
@@ -42,7 +42,7 @@ class CachedTeacher:
 class TorchTeacher:
     """The checkpoint's PyTorch model from its source folder, in eval mode."""
 
-    def __init__(self, meta: CheckpointMeta, device: torch.device, task: str = "sequence-classification") -> None:
+    def __init__(self, meta: CheckpointMeta, device: torch.device, task: Task) -> None:
         source = Path(meta.source_path)
         if source.is_dir() and weights_sha256(source) != meta.weights_sha256:
             raise OnlineTeacherError(
@@ -50,7 +50,7 @@ class TorchTeacher:
                 "would not distil the cached teacher; restore them, rebuild the store, or drop --online"
             )
         try:
-            self.model = auto_model_class(task).from_pretrained(meta.source_path, dtype=torch.float32)
+            self.model = task.model_class().from_pretrained(meta.source_path, dtype=torch.float32)
         except Exception as exc:
             raise OnlineTeacherError(
                 f"cannot load teacher checkpoint {meta.name!r} from {meta.source_path} "
@@ -62,7 +62,7 @@ class TorchTeacher:
 
     @torch.no_grad()
     def logits(self, batch: Batch) -> torch.Tensor:
-        return model_logits(self.model(**forward_kwargs(self.model, batch)), self.task).float()  # (B, C) / (B, T, C)
+        return self.task.model_logits(self.model(**forward_kwargs(self.model, batch))).float()  # (B, C) / (B, T, C)
 
 
 class OnnxTeacher:
@@ -118,8 +118,7 @@ class OnnxTeacher:
         return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(self.device)
 
 
-def online_teacher(kind: str, meta: CheckpointMeta, device: torch.device,
-                   task: str = "sequence-classification") -> Teacher:
+def online_teacher(kind: str, meta: CheckpointMeta, device: torch.device, task: Task) -> Teacher:
     """The online teacher of ``kind`` ("pytorch" or "onnx") for checkpoint ``meta``."""
     if kind == "pytorch":
         return TorchTeacher(meta, device, task)

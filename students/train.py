@@ -29,9 +29,8 @@ from transformers import get_constant_schedule_with_warmup, get_linear_schedule_
 
 from logitstore.errors import NoCheckpointError
 from logitstore.format import CheckpointMeta
-from logitstore.metrics import task_scores
 from logitstore.store import LogitStore, SplitData, open_store
-from logitstore.tasks import TASKS, model_logits
+from logitstore.tasks import Task, get_task
 from students.config import KDLossConfig, OptimConfig, TrainConfig, output_dir
 from students.data import Batch, SplitBatches
 from students.errors import ConfigError, StoreContentError
@@ -46,7 +45,7 @@ TEST_SPLIT = "test"
 @dataclass(frozen=True)
 class EvalResult:
     """Metrics of the student on one split: ``scores`` holds the task's metrics
-    (logitstore.metrics.task_scores: accuracy and macro_f1; NER entity f1, precision,
+    (the task's ``scores``, logitstore/tasks/: accuracy and macro_f1; NER entity f1, precision,
     recall and token accuracy; QA f1 and exact_match), ``ce`` its gold loss (the same
     definition as a checkpoint's val_loss), ``kd`` tau_s**2 * KL (or MSE) to the teacher,
     None when no teacher logits are available for the split."""
@@ -89,24 +88,24 @@ def evaluate(student: torch.nn.Module, batches: SplitBatches, teacher: Teacher |
     was_training = student.training
     student.eval()
     meta, split = batches.store.meta, batches.split
-    per_token = meta.layout == "token"
+    task = get_task(meta.task)
     parts: list[np.ndarray] = []
     kd_sum, kd_n = 0.0, 0
     for batch in batches.epoch(0):  # unshuffled: rows in order
         batch = batch.to(device)
-        z_s = model_logits(student(**forward_kwargs(student, batch)), meta.task)  # (B, C) or (B, T, C)
+        z_s = task.model_logits(student(**forward_kwargs(student, batch)))  # (B, C) or (B, T, C)
         if teacher is not None:
-            out, n = task_loss(meta.task, z_s, batch.labels, teacher.logits(batch), cfg, batch.attention_mask)
+            out, n = task_loss(task, z_s, batch.labels, teacher.logits(batch), cfg, batch.attention_mask)
             kd_sum += float(out.kd) * n
             kd_n += n
         z = z_s.float().cpu().numpy()
-        if per_token:  # keep each row's own tokens: the store's (T, C) layout
+        if task.per_token:  # keep each row's own tokens: the store's (T, C) layout
             lengths = batch.attention_mask.sum(-1).cpu().numpy()
             parts.extend(z[j, :lengths[j]] for j in range(len(z)))
         else:
             parts.append(z)
     student.train(was_training)
-    scores = task_scores(meta.task, np.concatenate(parts), split, meta.label_names)
+    scores = task.scores(np.concatenate(parts), split, meta.label_names)
     ce = scores.pop("loss")
     examples = len(split.contexts) if split.contexts is not None else len(split)  # QA: questions, not windows
     return EvalResult(split.name, examples, scores, ce, kd_sum / max(kd_n, 1) if teacher is not None else None)
@@ -188,6 +187,7 @@ class _Run:
     """Everything a run needs, resolved from its config before the first step."""
 
     store: LogitStore
+    task: Task
     ckpt: CheckpointMeta | None
     metric: str
     device: torch.device
@@ -202,7 +202,7 @@ def _prepare(config: TrainConfig, console: Console) -> _Run:
     device = resolve_device(config.device)
     store = open_store(config.store)
     ckpt = choose_checkpoint(store, config)
-    task = TASKS[store.meta.task]
+    task = get_task(store.meta.task)
     metric = ckpt.metric if ckpt is not None else task.default_metric
     if metric not in task.metrics:
         raise StoreContentError(f"the store's task metric {metric!r} is not one of {', '.join(task.metrics)}; "
@@ -214,10 +214,10 @@ def _prepare(config: TrainConfig, console: Console) -> _Run:
     eval_names = [store.meta.validation_split] + [TEST_SPLIT] * (TEST_SPLIT in store.split_names())
 
     # The online teacher is loaded before torch is seeded, so it cannot shift the student's RNG.
-    online = online_teacher(config.online, ckpt, device, task.name) if config.online is not None else None
+    online = online_teacher(config.online, ckpt, device, task) if config.online is not None else None
     torch.manual_seed(config.seed)
     student, init = build_student(config.init or ckpt.source_path, config.layers, store.meta.label_names,
-                                  _vocab_size(store, ckpt), task.name)
+                                  _vocab_size(store, ckpt), task)
     student.to(device).train()
 
     name = ckpt.name if ckpt is not None else None
@@ -232,7 +232,7 @@ def _prepare(config: TrainConfig, console: Console) -> _Run:
         cached = online is None and _has_logits(store, ckpt, split.name)
         evals.append((SplitBatches(store, split, name if cached else None, eval_loader, shuffle=False),
                       online or (CachedTeacher() if cached else None)))
-    return _Run(store, ckpt, metric, device, student, init, train_teacher, train_batches, evals)
+    return _Run(store, task, ckpt, metric, device, student, init, train_teacher, train_batches, evals)
 
 
 def _eval_due(step: int, total_steps: int, steps_per_epoch: int, eval_every: int | None) -> bool:
@@ -267,7 +267,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
         while step < total_steps:
             for batch in run.train_batches.epoch(epoch):
                 parts = _train_step(student, run.train_teacher, batch.to(run.device), config, loss_cfg, opt, sched,
-                                    run.store.meta.task)
+                                    run.task)
                 step += 1
                 examples += len(batch)
                 losses.append(parts[0])
@@ -330,9 +330,9 @@ def _write_summary(r: TrainResult, console: Console) -> None:
 
 def _train_step(student: torch.nn.Module, teacher: Teacher | None, batch: Batch, config: TrainConfig,
                 loss_cfg: KDLossConfig, opt: torch.optim.Optimizer, sched: Any,
-                task: str = "sequence-classification") -> tuple[float, float, float]:
+                task: Task) -> tuple[float, float, float]:
     """One optimizer step on ``batch``; returns (loss, ce, kd) as floats (nan for a part not computed)."""
-    z_s = model_logits(student(**forward_kwargs(student, batch)), task)  # (B, C), or (B, T, C)
+    z_s = task.model_logits(student(**forward_kwargs(student, batch)))  # (B, C), or (B, T, C)
     z_t = teacher.logits(batch) if teacher is not None else None  # same shape as z_s
     out, _ = task_loss(task, z_s, batch.labels, z_t, loss_cfg, batch.attention_mask, use_labels=config.alpha < 1)
     opt.zero_grad(set_to_none=True)

@@ -97,7 +97,7 @@ def _private_hf_home(tmp_path_factory, monkeypatch):
 # ---------------------------------------------------------------------------- token tasks (NER, QA)
 
 NER_TYPES = ("actor", "film")
-#: BIO label names of the NER helpers, in logitstore.ner.label_names order.
+#: BIO label names of the NER helpers, in logitstore.tasks.ner.label_names order.
 NER_LABELS = ["O", "B-actor", "I-actor", "B-film", "I-film"]
 #: Words that split into several WordPiece tokens with the conftest vocabulary (film ##s...).
 SPLIT_WORDS = ("films", "actors", "scenes", "watching", "endings")

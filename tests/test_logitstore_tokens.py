@@ -24,8 +24,8 @@ from conftest import (NER_LABELS, assert_one_line_error, make_ner_rows, make_qa_
 from logitstore import open_store
 from logitstore.build import BuildConfig, build_store
 from logitstore.cli import main
-from logitstore.metrics import task_scores
-from logitstore.ner import entity_scores
+from logitstore.tasks import get_task
+from logitstore.tasks.ner import entity_scores
 
 MAX_LEN_QA, STRIDE = 48, 12
 #: Row 0 of the NER validation split: "films", "actors" and "watching" split into two tokens.
@@ -161,7 +161,7 @@ def test_ner_build_labels_logits_and_scores(ner_stores, ner_run, ner_data):
         assert c.complete and c.layout == "token" and c.num_labels == 5 and c.metric == "f1"
         assert c.parity_max_abs_err < 1e-4 and c.encode_max_abs_err == 0.0
         logits = store.read_logits(name, "validation")
-        scores = task_scores("token-classification", logits, val, NER_LABELS)
+        scores = get_task("token-classification").scores(logits, val, NER_LABELS)
         assert c.val_score == pytest.approx(scores["f1"]) and c.val_loss == pytest.approx(scores["loss"])
         assert c.val_scores == pytest.approx({k: v for k, v in scores.items() if k != "loss"})
         # independently: word-level entity F1 of the argmax at each word's first token
@@ -267,7 +267,7 @@ def test_qa_build_windows_labels_logits_and_scores(qa_store, qa_teacher, qa_data
     assert c.complete and c.layout == "token" and c.num_labels == 2 and c.metric == "f1"
     val = store.read_split("validation")
     logits = store.read_logits("qa-teacher", "validation")
-    scores = task_scores("question-answering", logits, val, ["start", "end"])
+    scores = get_task("question-answering").scores(logits, val, ["start", "end"])
     assert c.val_score == pytest.approx(scores["f1"]) and c.val_loss == pytest.approx(scores["loss"])
     assert set(c.val_scores) == {"f1", "exact_match"} and 0 <= c.val_scores["exact_match"] <= c.val_score <= 1
     ce = []  # per window: mean of the start and end cross-entropies over the window's tokens

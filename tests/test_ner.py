@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from logitstore.errors import DataError
-from logitstore.ner import (align_labels, check_bio, entities, entity_scores, label_names, read_conll,
+from logitstore.tasks.ner import (align_labels, check_bio, entities, entity_scores, label_names, read_conll,
                             wnut_splits)
 
 

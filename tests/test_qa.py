@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from logitstore.errors import DataError
-from logitstore.qa import (Windows, best_spans, check_answers, make_windows, read_squad, squad_scores,
+from logitstore.tasks.qa import (Windows, best_spans, check_answers, make_windows, read_squad, squad_scores,
                            synthetic_squad)
 
 

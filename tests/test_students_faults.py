@@ -9,12 +9,15 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import LABELS, WORDS, make_teacher
+from logitstore.tasks import get_task
 from students.cli import main
 from students.errors import StudentInitError
 from students.model import build_student
 from students.sweep import MANIFEST, SweepConfig, SweepSpace, run_sweep
 from test_students_sweep import fake_run
 
+CLS = get_task("sequence-classification")
+VOCAB = 5 + len(WORDS) + 2  # conftest's tokenizer
 SPACE = SweepSpace(distance=("ce",), temperature=(2.0,), student_temperature=("teacher",), alpha=(0.5,),
                    teacher=("ths",), layers=(1,), seeds=(0,))
 
@@ -110,7 +113,7 @@ def pickled_model(tmp_path):
 
 def test_init_refuses_a_folder_with_only_pickle_weights(pickled_model):
     with pytest.raises(StudentInitError) as info:
-        build_student(str(pickled_model), 2, LABELS, 5 + len(WORDS) + 2, "sequence-classification")
+        build_student(str(pickled_model), 2, LABELS, VOCAB, CLS)
     message = str(info.value)
     assert "pytorch_model.bin" in message and "save_pretrained(safe_serialization=True)" in message, message
 
@@ -120,13 +123,13 @@ def test_init_never_unpickles(pickled_model, monkeypatch):
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     with pytest.raises(StudentInitError):
-        build_student(str(pickled_model), 2, LABELS, 5 + len(WORDS) + 2, "sequence-classification")
+        build_student(str(pickled_model), 2, LABELS, VOCAB, CLS)
     assert loads == []
 
 
 def test_init_with_safetensors_still_builds(tmp_path):
     folder = make_teacher(tmp_path / "ok", seed=3)
-    student, init = build_student(str(folder), 2, LABELS, 5 + len(WORDS) + 2, "sequence-classification")
+    student, init = build_student(str(folder), 2, LABELS, VOCAB, CLS)
     assert init.layer_map == (1, 3) and student.config.num_hidden_layers == 2
 
 

@@ -9,7 +9,10 @@ from transformers import AutoModelForSequenceClassification
 
 from conftest import LABELS, WORDS, make_teacher
 from students.errors import StudentInitError
+from logitstore.tasks import get_task
 from students.model import build_student, layer_map
+
+CLS = get_task("classification")
 
 VOCAB = 5 + len(WORDS) + 2  # the tiny teachers' vocabulary (conftest.make_tokenizer)
 
@@ -25,7 +28,7 @@ def test_layer_map_is_evenly_spaced_and_ends_at_the_top(n, k, expected):
 def test_skip_layer_init_copies_the_documented_tensors(tiny_teachers):
     source = tiny_teachers / "checkpoint-10"
     teacher = AutoModelForSequenceClassification.from_pretrained(source).state_dict()
-    student, init = build_student(str(source), 2, LABELS, VOCAB)
+    student, init = build_student(str(source), 2, LABELS, VOCAB, CLS)
     assert init.layer_map == (1, 3) and init.layer_prefix == "bert.encoder.layer"
     state = student.state_dict()
     layer_keys = [k for k in state if k.startswith("bert.encoder.layer.")]
@@ -47,7 +50,7 @@ def test_skip_layer_init_copies_the_documented_tensors(tiny_teachers):
 def test_all_layers_is_the_teacher_itself(tiny_teachers):
     source = tiny_teachers / "checkpoint-20"
     teacher = AutoModelForSequenceClassification.from_pretrained(source).eval()
-    student, _ = build_student(str(source), 4, LABELS, VOCAB)
+    student, _ = build_student(str(source), 4, LABELS, VOCAB, CLS)
     ids = torch.tensor([[2, 7, 9, 11, 3], [2, 8, 3, 0, 0]])  # (B, T)
     mask = (ids != 0).long()  # (B, T)
     with torch.no_grad():
@@ -57,7 +60,7 @@ def test_all_layers_is_the_teacher_itself(tiny_teachers):
 
 def test_more_layers_than_the_teacher_is_an_error(tiny_teachers):
     with pytest.raises(StudentInitError, match="cannot be built from a model with 4; pick --layers between 1 and 4"):
-        build_student(str(tiny_teachers / "checkpoint-10"), 5, LABELS, VOCAB)
+        build_student(str(tiny_teachers / "checkpoint-10"), 5, LABELS, VOCAB, CLS)
 
 
 def test_init_model_with_another_vocabulary_is_an_error(tmp_path: Path):
@@ -66,7 +69,7 @@ def test_init_model_with_another_vocabulary_is_an_error(tmp_path: Path):
     model.resize_token_embeddings(VOCAB + 10)
     model.save_pretrained(other)
     with pytest.raises(StudentInitError, match=f"vocabulary of {VOCAB + 10} tokens .* for {VOCAB}"):
-        build_student(str(other), 2, LABELS, VOCAB)
+        build_student(str(other), 2, LABELS, VOCAB, CLS)
 
 
 def test_init_from_a_model_with_another_head_gets_a_fresh_head(tmp_path: Path):
@@ -74,7 +77,7 @@ def test_init_from_a_model_with_another_head_gets_a_fresh_head(tmp_path: Path):
     source = make_teacher(tmp_path / "two", seed=6, num_labels=2)
     body = AutoModelForSequenceClassification.from_pretrained(source).state_dict()
     torch.manual_seed(0)
-    student, init = build_student(str(source), 1, LABELS, VOCAB)
+    student, init = build_student(str(source), 1, LABELS, VOCAB, CLS)
     state = student.state_dict()
     assert state["classifier.weight"].shape == (3, 32)
     assert torch.equal(state["bert.encoder.layer.0.output.dense.weight"], body["bert.encoder.layer.3.output.dense.weight"])

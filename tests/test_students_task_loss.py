@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from logitstore.tasks import get_task
 from students.loss import KDLossConfig, task_loss
+
+NER, QA = get_task("ner"), get_task("qa")
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -30,7 +33,7 @@ NER_LABELS = np.array([[-100, 2, 0, -100], [-100, 1, -100, 0]])  # (B, T): CLS, 
 def test_token_classification_loss_covers_labelled_tokens_only(distance, student_temperature):
     cfg = KDLossConfig(distance, 3.0, student_temperature, alpha=0.3)
     tau_t, tau_s = 3.0, 3.0 if student_temperature == "teacher" else 1.0
-    out, n = task_loss("token-classification", torch.tensor(ZS), torch.tensor(NER_LABELS), torch.tensor(ZT), cfg,
+    out, n = task_loss(NER, torch.tensor(ZS), torch.tensor(NER_LABELS), torch.tensor(ZT), cfg,
                        torch.ones(2, 4, dtype=torch.long))
     keep = NER_LABELS != -100
     zs, zt, y = ZS[keep], ZT[keep], NER_LABELS[keep]  # (4, 3), (4, 3), (4,)
@@ -56,7 +59,7 @@ QA_LABELS = np.array([[1, 2], [0, 0]])  # (B, 2) gold start, end (0 = CLS: answe
 @pytest.mark.parametrize("distance", ["ce", "mse"])
 def test_question_answering_loss_is_the_mean_of_start_and_end_over_real_tokens(distance):
     cfg = KDLossConfig(distance, 2.0, "1", alpha=0.6)
-    out, n = task_loss("question-answering", torch.tensor(QA_S), torch.tensor(QA_LABELS), torch.tensor(QA_T), cfg,
+    out, n = task_loss(QA, torch.tensor(QA_S), torch.tensor(QA_LABELS), torch.tensor(QA_T), cfg,
                        torch.tensor(QA_MASK))
     ce_parts, kd_parts = [], []
     for k in (0, 1):  # start, end
@@ -77,8 +80,51 @@ def test_question_answering_loss_is_the_mean_of_start_and_end_over_real_tokens(d
 
 def test_alpha_one_needs_no_gold_labels_but_keeps_the_ner_mask():
     cfg = KDLossConfig("ce", 2.0, "teacher", alpha=1.0)
-    out, n = task_loss("token-classification", torch.tensor(ZS), torch.tensor(NER_LABELS), torch.tensor(ZT), cfg,
+    out, n = task_loss(NER, torch.tensor(ZS), torch.tensor(NER_LABELS), torch.tensor(ZT), cfg,
                        torch.ones(2, 4, dtype=torch.long), use_labels=False)
     keep = NER_LABELS != -100
     assert out.ce is None and n == 4
     assert float(out.loss) == pytest.approx(4.0 * _kl(ZT[keep] / 2, ZS[keep] / 2).mean(), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- one loss rule on both sides
+def _split(task: str, rng: np.random.Generator):
+    """A small SplitData of ``task`` (ragged rows of 3-6 tokens) and its store-layout logits."""
+    from logitstore.store import SplitData, ragged
+
+    lengths = [5, 3, 6, 4]
+    ids, offsets = ragged([list(range(2, 2 + n)) for n in lengths], np.int32)
+    rows, tokens = len(lengths), int(offsets[-1])
+    if task == "sequence-classification":
+        return SplitData("validation", ids, offsets, rng.integers(0, 3, rows), np.arange(rows)), \
+            rng.normal(size=(rows, 3)).astype(np.float32)
+    if task == "token-classification":
+        labels = rng.integers(0, 5, tokens)
+        labels[offsets[:-1]] = -100  # [CLS]
+        labels[offsets[1:] - 1] = -100  # [SEP]
+        return SplitData("validation", ids, offsets, labels, np.arange(rows)), \
+            rng.normal(size=(tokens, 5)).astype(np.float32)
+    omap = np.stack([np.arange(tokens), np.arange(tokens) + 1], axis=1).astype(np.int32)  # every token a character
+    omap[offsets[:-1]] = -1  # [CLS] is not context
+    labels = np.tile([1, 2], (rows, 1))  # (R, 2) gold start, end token of each window
+    split = SplitData("validation", ids, offsets, labels, np.arange(rows), None, omap, np.arange(rows),
+                      ["x" * (tokens + 1)] * rows, [["x"]] * rows)
+    return split, rng.normal(size=(tokens, 2)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["sequence-classification", "token-classification", "question-answering"])
+def test_alpha_zero_ce_equals_the_stores_validation_loss_rule(name):
+    """The numpy validation loss a store records for a checkpoint (Task.scores) and the
+    student's gold CE (task_loss at alpha 0) are one rule: equal on the same logits."""
+    from logitstore.tasks import get_task
+    from students.data import collate
+
+    task = get_task(name)
+    split, logits = _split(name, np.random.default_rng(0))
+    rows = np.arange(len(split))
+    per_row = [logits[a:b] for a, b in zip(split.offsets[:-1], split.offsets[1:])] if task.per_token else logits
+    batch = collate(split, rows, per_row, pad_id=0, token_labels=task.token_labels)
+    out, _ = task_loss(task, batch.teacher_logits, batch.labels, None, KDLossConfig(alpha=0.0), batch.attention_mask)
+    expected = task.scores(logits, split, ["O", "B-a", "I-a", "B-b", "I-b"][:logits.shape[-1]])["loss"]
+    assert float(out.ce) == pytest.approx(expected, rel=1e-5)
+    assert float(out.loss) == pytest.approx(expected, rel=1e-5)

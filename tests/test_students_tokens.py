@@ -17,7 +17,6 @@ from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassif
 
 from conftest import NER_LABELS, make_qa_records, make_qa_teacher, write_jsonl, write_ner_splits
 from logitstore.build import BuildConfig, build_store
-from logitstore.metrics import task_scores
 from logitstore.store import open_store
 from logitstore.tasks import get_task
 from students.cli import main
@@ -267,13 +266,13 @@ def test_saved_student_loads_and_reproduces_the_summary(task, ner_store, qa_stor
     if task == "token-classification":
         assert [model.config.id2label[i] for i in range(len(NER_LABELS))] == NER_LABELS
     val = store.read_split(store.meta.validation_split)
-    scores = task_scores(task, _student_logits(model, store, val, task), val, store.meta.label_names)
+    scores = get_task(task).scores(_student_logits(model, store, val, task), val, store.meta.label_names)
     for name in get_task(task).metrics:  # f1 first, then the task's other metrics
         assert scores[name] == pytest.approx(summary["best_validation"][name], abs=1e-9), name
     assert scores["loss"] == pytest.approx(summary["best_validation"]["ce"], abs=1e-5)
     if task == "token-classification":  # the test split is scored by the same student
         test = store.read_split("test")
-        got = task_scores(task, _student_logits(model, store, test, task), test, store.meta.label_names)
+        got = get_task(task).scores(_student_logits(model, store, test, task), test, store.meta.label_names)
         assert got["f1"] == pytest.approx(summary["test"]["f1"], abs=1e-9)
     else:
         assert summary["test"] is None  # the QA store has no test split

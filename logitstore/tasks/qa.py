@@ -1,11 +1,18 @@
 """Extractive question answering (SQuAD style): read, check, window, decode and score.
 
-Pure helpers over numpy and a Hugging Face fast tokenizer (no torch). Records are flat:
-``{"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}}``.
-Long contexts are cut into overlapping windows the way the HF ``run_qa`` example does.
+Records are flat: ``{"id", "question", "context", "answers": {"text": [...],
+"answer_start": [...]}}`` (SQuAD layout columns, or official SQuAD ``.json`` files).
+Long contexts are cut into overlapping windows the way the HF ``run_qa`` example does;
+each window is a store row whose label is the (start, end) token of the first answer, or
+(0, 0) (the [CLS] position) when the answer is not wholly inside it. The store keeps
+start and end logits per token, (T, 2). Scores: mean over windows of (CE(start) +
+CE(end)) / 2, each a softmax over the window's tokens (the validation loss); exact match
+and F1 (SQuAD v1.1 rules) of the best span of each question over all its windows. The
+helpers need no torch.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -14,12 +21,19 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from logitstore.errors import DataError
-from logitstore.store import ragged
+from logitstore.metrics import log_softmax
+from logitstore.store import SplitData, ragged
+from logitstore.tasks.base import KDTerm, Task, need_fast
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from logitstore.data import DataConfig
 
 _FORMAT_FIX = ("use official SQuAD JSON ({\"data\": [{\"paragraphs\": [...]}]}) or JSON lines / a JSON list of "
                "{\"question\", \"context\", \"answers\": {\"text\": [...], \"answer_start\": [...]}}")
@@ -352,3 +366,104 @@ def synthetic_squad(n: int, seed: int = 0) -> list[dict]:
         out.append({"id": f"synthetic-{seed}-{i}", "question": question.format(**values), "context": context,
                     "answers": {"text": [answer], "answer_start": [len(prefix) + len(head)]}})
     return out
+
+
+# ---------------------------------------------------------------------------- the task
+class QuestionAnswering(Task):
+    name = "question-answering"
+    aliases = ("qa",)
+    layout = "token"
+    auto_class = "AutoModelForQuestionAnswering"
+    architecture_suffix = "ForQuestionAnswering"
+    metrics = ("f1", "exact_match")
+    text_columns = ("question", "context")
+    label_column = "answers"
+    uses_stride = True
+
+    def config_problems(self, cfg: "DataConfig") -> list[str]:
+        problems = []
+        if not 0 < cfg.stride < cfg.max_length // 2:
+            problems.append(f"stride must be in (0, max length / 2); got {cfg.stride} instead")
+        if len(cfg.text_columns) != 2:
+            problems.append("question answering reads two text columns (question, context); "
+                            f"got {list(cfg.text_columns)} instead")
+        return problems
+
+    def read_files(self, suffix: str, files: Sequence[Path]) -> Any | None:
+        """Official SQuAD JSON files; None for anything else (JSON lines and flat JSON lists
+        are the generic json builder's)."""
+        if suffix != ".json" or not all(_is_squad_json(f) for f in files):
+            return None
+        import datasets
+
+        return datasets.Dataset.from_list([r for f in files for r in read_squad(f)])
+
+    def fingerprint(self, cfg: "DataConfig") -> dict[str, Any]:
+        return {"task": self.name, "stride": cfg.stride}
+
+    def resolve_labels(self, splits: dict[str, Any], label_column: str,
+                       model_names: list[str] | None) -> tuple[list[str], dict[Any, int]]:
+        return ["start", "end"], {}  # labels are token positions, found when windowing
+
+    def tokenize(self, name: str, ds: Any, tokenizer: Any, cfg: "DataConfig", label_map: dict[Any, int],
+                 input_names: Sequence[str]) -> tuple[SplitData, str]:
+        """(question, context) pairs -> overlapping windows with start/end labels."""
+        need_fast(tokenizer, "question answering")
+        q_col, c_col = cfg.text_columns
+        records = [{"id": str(i), "question": q, "context": c, "answers": a}
+                   for i, (q, c, a) in enumerate(zip(ds[q_col], ds[c_col], ds[cfg.label_column]))]
+        check_answers(records, f"split {name!r}")
+        win = make_windows(tokenizer, records, cfg.max_length, cfg.stride)
+        example_ids = np.asarray(ds["__example_id"], dtype=np.int64)
+        h = hashlib.sha256()
+        for r, eid in zip(records, example_ids.tolist()):
+            h.update(json.dumps([r["question"], r["context"], r["answers"], eid, cfg.stride],
+                                ensure_ascii=False).encode())
+        data = SplitData(name, win.input_ids.astype(np.int32), win.offsets, win.labels.astype(np.int64),
+                         example_ids[win.window_of], win.token_type_ids.astype(np.int8), win.offset_mapping,
+                         win.window_of, [r["context"] for r in records],
+                         [list(r["answers"]["text"]) for r in records])
+        return data, h.hexdigest()
+
+    def teacher_problem(self, num_labels: int, label_names: list[str], store_labels: list[str]) -> str | None:
+        if num_labels != 2:
+            return f"has {num_labels} outputs per token; a QA teacher has 2 (start, end)"
+        return None
+
+    def model_logits(self, output: Any) -> "torch.Tensor":
+        """Start and end logits stacked on the last axis, (B, T, 2)."""
+        import torch
+
+        return torch.stack([output.start_logits, output.end_logits], dim=-1)  # (B, T, 2)
+
+    def scores(self, logits: np.ndarray, split: SplitData, label_names: list[str]) -> dict[str, float]:
+        starts, ends, ce = [], [], 0.0
+        for r, (a, b) in enumerate(zip(split.offsets[:-1], split.offsets[1:])):
+            win = logits[a:b]  # (L, 2)
+            ls = log_softmax(win.T)  # (2, L): start and end distributions over the window's tokens
+            ce -= (ls[0, split.labels[r, 0]] + ls[1, split.labels[r, 1]]) / 2
+            starts.append(win[:, 0])
+            ends.append(win[:, 1])
+        windows = Windows(split.input_ids, split.offsets, split.token_type_ids, split.offset_mapping,
+                          split.window_of, split.labels)
+        preds = best_spans(starts, ends, windows, split.contexts)
+        return {"loss": float(ce / len(split)), **squad_scores(preds, split.answers)}
+
+    def kd_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor | None",
+                 attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:
+        """Two terms, start and end: each a distribution over a window's real tokens
+        (logits (B, T), padding masked out) with the gold start (end) position as label,
+        the HF QA models' convention for the gold term; the loss is their mean."""
+        real = attention_mask.bool()  # (B, T)
+        terms = [KDTerm(student[..., k], labels[:, k], None if teacher is None else teacher[..., k], real)
+                 for k in (0, 1)]
+        return terms, len(student)
+
+
+def _is_squad_json(path: Path) -> bool:
+    """True for the official SQuAD layout ({"data": [{"paragraphs": ...}]})."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError:  # JSON lines, or not JSON: the json builder's business
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("data"), list)

@@ -1,18 +1,30 @@
-"""Named-entity recognition (token classification) helpers for BIO tags; no torch needed.
+"""Named-entity recognition (token classification): BIO tags, one logit vector per token.
 
-Read CoNLL-style files, check and enumerate BIO tags, align word labels to sub-tokens
-(first-sub-token rule), extract entities and score them like conlleval / seqeval's default
-(lenient) mode, and write WNUT-16 train/validation/test JSONL splits.
+Reads a column of word lists and one of BIO tag lists (or CoNLL two-column ``.conll`` /
+``.txt`` files). Labels follow the first-sub-token rule: the first token of each word
+carries the word's tag id; later sub-tokens and special tokens carry -100 (IGNORE).
+Scores: mean CE over labelled tokens (the validation loss), entity-level precision,
+recall and F1 (conlleval / seqeval's default lenient rules) and token accuracy. The KD
+loss covers the labelled tokens only. The BIO helpers here need no torch.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from logitstore.errors import DataError
+from logitstore.metrics import accuracy, cross_entropy
+from logitstore.store import SplitData, ragged
+from logitstore.tasks.base import IGNORE, KDTerm, Task, content_sha256, generic_label_names, need_fast
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from logitstore.data import DataConfig
 
 
 def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
@@ -185,3 +197,110 @@ def wnut_splits(ner_txt: Path, out: Path, limit: int | None = None, seed: int = 
         lines = (json.dumps({"tokens": toks, "ner_tags": tags}, ensure_ascii=False) for toks, tags in part)
         (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return out
+
+
+# ---------------------------------------------------------------------------- the task
+class TokenClassification(Task):
+    name = "token-classification"
+    aliases = ("ner", "token")
+    layout = "token"
+    auto_class = "AutoModelForTokenClassification"
+    architecture_suffix = "ForTokenClassification"
+    metrics = ("f1", "precision", "recall", "accuracy")
+    text_columns = ("tokens",)
+    label_column = "ner_tags"
+    file_suffixes = (".conll", ".txt")
+    token_labels = True
+
+    def read_files(self, suffix: str, files: Sequence[Path]) -> Any | None:
+        if suffix not in self.file_suffixes:
+            return None
+        import datasets
+
+        sentences = [s for f in files for s in read_conll(f)]
+        return datasets.Dataset.from_dict({"tokens": [w for w, _ in sentences], "ner_tags": [t for _, t in sentences]})
+
+    def resolve_labels(self, splits: dict[str, Any], label_column: str,
+                       model_names: list[str] | None) -> tuple[list[str], dict[Any, int]]:
+        """BIO label names and a map from the data's tags (strings, or ClassLabel ids) to
+        label ids. Every tag sequence must be valid BIO; the tags must be among
+        ``model_names`` when it has real names. Raises DataError naming split, row and tag."""
+        import datasets
+
+        feature = next(iter(splits.values())).features[label_column]
+        inner = getattr(feature, "feature", None)
+        names_of_ids = list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
+        seqs = _tag_sequences(splits, label_column, names_of_ids)
+        generic = model_names is not None and generic_label_names(model_names)
+        if model_names is None or generic:
+            names = label_names(seqs)
+            if generic and len(names) != len(model_names):
+                raise DataError(f"the data has {len(names)} BIO labels but the teacher has {len(model_names)} "
+                                "outputs; use a teacher trained on these labels")
+        else:
+            names = list(model_names)
+            unknown = sorted({t for tags in seqs for t in tags} - set(names))
+            if unknown:
+                raise DataError(
+                    f"tags {', '.join(map(repr, unknown[:5]))} are not in the teacher's label set "
+                    f"({', '.join(names[:12])}); fix the data or use the matching teacher"
+                )
+        ids = {n: i for i, n in enumerate(names)}
+        mapping: dict[Any, int] = dict(ids)
+        if names_of_ids:
+            mapping.update({i: ids[n] for i, n in enumerate(names_of_ids) if n in ids})
+        return names, mapping
+
+    def tokenize(self, name: str, ds: Any, tokenizer: Any, cfg: "DataConfig", label_map: dict[Any, int],
+                 input_names: Sequence[str]) -> tuple[SplitData, str]:
+        """Words -> sub-word tokens; the first sub-token of each word carries its tag id."""
+        need_fast(tokenizer, "token classification")
+        words_col, tags_col = cfg.text_columns[0], cfg.label_column
+        words, tags = ds[words_col], ds[tags_col]
+        for i, (w, t) in enumerate(zip(words, tags)):
+            if not isinstance(w, (list, tuple)) or len(w) != len(t) or not w:
+                raise DataError(f"split {name!r} row {i}: {words_col!r} must be a non-empty list of words as long "
+                                f"as its {tags_col!r} list ({len(t) if isinstance(t, (list, tuple)) else '?'}); "
+                                "fix the row")
+        enc = tokenizer([list(map(str, w)) for w in words], is_split_into_words=True, truncation=True,
+                        max_length=cfg.max_length)
+        labels = [align_labels(enc.word_ids(i), [label_map[x] for x in t]) for i, t in enumerate(tags)]
+        flat, offsets = ragged(enc["input_ids"], np.int32)
+        flat_labels, _ = ragged(labels, np.int64)
+        example_ids = np.asarray(ds["__example_id"], dtype=np.int64)
+        sha = content_sha256(zip(words, labels, example_ids.tolist()))
+        return SplitData(name, flat, offsets, flat_labels, example_ids), sha
+
+    def scores(self, logits: np.ndarray, split: SplitData, label_names: list[str]) -> dict[str, float]:
+        """Over the labelled tokens of ``logits`` (T, C): mean CE, entity scores, accuracy."""
+        labels = split.labels  # (T,)
+        mask = labels != IGNORE  # (T,)
+        pred = logits.argmax(axis=-1)  # (T,)
+        gold_seqs, pred_seqs = [], []
+        for a, b in zip(split.offsets[:-1], split.offsets[1:]):
+            m = mask[a:b]
+            gold_seqs.append([label_names[x] for x in labels[a:b][m]])
+            pred_seqs.append([label_names[x] for x in pred[a:b][m]])
+        return {"loss": cross_entropy(logits[mask], labels[mask]), **entity_scores(gold_seqs, pred_seqs),
+                "accuracy": accuracy(pred[mask], labels[mask])}
+
+    def kd_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor | None",
+                 attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:
+        """The labelled tokens (labels (B, T) != -100) as if they were examples: padding,
+        special tokens and later sub-tokens take no part in either term."""
+        keep = labels != IGNORE  # (B, T)
+        return [KDTerm(student[keep], labels[keep], None if teacher is None else teacher[keep])], int(keep.sum())
+
+
+def _tag_sequences(splits: dict[str, Any], column: str, names_of_ids: list[str] | None) -> list[list[str]]:
+    """Every split's tag lists as strings, each checked to be valid BIO."""
+    seqs: list[list[str]] = []
+    for split, ds in splits.items():
+        for i, tags in enumerate(ds[column]):
+            if not isinstance(tags, (list, tuple)):
+                raise DataError(f"split {split!r} row {i}: column {column!r} holds {type(tags).__name__}, "
+                                "not a list of tags; name the tag column with --label-column")
+            tags = [names_of_ids[t] for t in tags] if names_of_ids else [str(t) for t in tags]
+            check_bio(tags, f"split {split!r} row {i}")
+            seqs.append(tags)
+    return seqs

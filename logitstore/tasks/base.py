@@ -1,0 +1,176 @@
+"""The Task protocol: everything that differs between the tasks a store can hold.
+
+A task decides, on the teacher side, which columns it reads and how (extra file types such
+as CoNLL or SQuAD JSON), how labels resolve to ids, how examples tokenize into the store's
+ragged layout, which transformers Auto class loads its models and which output tensor is
+stored, and how stored logits are scored (validation loss and metrics); on the student
+side, how a batch's logits and labels flatten into the terms of the one KD loss
+(``kd_terms``). Each task is one file of this package implementing this class; the
+registry (``logitstore/tasks/__init__.py``) names them. No code outside this package
+compares task names.
+
+Tensor shapes: ``B`` rows of a batch, ``T`` tokens of the longest row, ``C`` classes
+(for QA, 2: start and end), ``N`` rows or labelled tokens of a split.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
+    import torch
+
+    from logitstore.data import DataConfig
+    from logitstore.store import SplitData
+
+IGNORE = -100  # label of tokens without a label (later sub-tokens, special tokens)
+
+
+@dataclass(frozen=True)
+class KDTerm:
+    """One group of the KD loss: student and teacher logits (M, K) over K classes (or
+    positions), gold labels (M,) and an optional (M, K) bool mask of the classes that
+    exist (QA: a window's real tokens). The task's loss is the mean of its terms' losses."""
+
+    student: "torch.Tensor"
+    labels: "torch.Tensor | None"
+    teacher: "torch.Tensor | None"
+    mask: "torch.Tensor | None" = None
+
+
+class Task(ABC):
+    """What one task decides. Subclasses set the class attributes and implement the
+    abstract methods; instances are stateless singletons held by the registry."""
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: "row": one logit vector per example; "token": one per token of each row.
+    layout: ClassVar[str]
+    #: The transformers Auto class of its models, and the suffix of their architectures.
+    auto_class: ClassVar[str]
+    architecture_suffix: ClassVar[str]
+    #: The task metrics, the default (validation score that ranks checkpoints) first.
+    metrics: ClassVar[tuple[str, ...]]
+    #: Default (text columns, label column) of its data.
+    text_columns: ClassVar[tuple[str, ...]]
+    label_column: ClassVar[str]
+    #: Data file suffixes only this task reads (besides .csv/.json/.jsonl/.parquet).
+    file_suffixes: ClassVar[tuple[str, ...]] = ()
+    #: Whether labels are per token (padded with IGNORE in batches) rather than per row.
+    token_labels: ClassVar[bool] = False
+    #: Whether the build's --stride applies (and is recorded in the store).
+    uses_stride: ClassVar[bool] = False
+
+    @property
+    def fingerprint_tag(self) -> str:
+        """Appended to the ONNX export cache key: exports of one checkpoint for two tasks differ."""
+        return f"|{self.name}"
+
+    @property
+    def default_metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def per_token(self) -> bool:
+        return self.layout == "token"
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    # ------------------------------------------------------------------ data
+    def config_problems(self, cfg: "DataConfig") -> list[str]:
+        """Problems with a data config for this task, each ending "got X instead"."""
+        return []
+
+    def read_files(self, suffix: str, files: Sequence[Any]) -> Any | None:
+        """A ``datasets.Dataset`` for files this task reads itself (CoNLL, SQuAD JSON), or
+        None to let the generic csv/json/parquet builders read them."""
+        return None
+
+    @abstractmethod
+    def resolve_labels(self, splits: dict[str, Any], label_column: str,
+                       model_names: list[str] | None) -> tuple[list[str], dict[Any, int]]:
+        """The store's label names and a map from the data's label values to label ids.
+
+        ``model_names`` is the teacher's id2label (or ``--labels``), None for a store of
+        token ids only. Raises DataError naming bad labels."""
+
+    @abstractmethod
+    def tokenize(self, name: str, ds: Any, tokenizer: Any, cfg: "DataConfig", label_map: dict[Any, int],
+                 input_names: Sequence[str]) -> tuple["SplitData", str]:
+        """One split tokenized into the store's ragged layout, and the sha256 of the content
+        the store depends on (texts, mapped labels, example ids)."""
+
+    def fingerprint(self, cfg: "DataConfig") -> dict[str, Any]:
+        """What the dataset fingerprint records about the task beyond columns and length."""
+        return {"task": self.name}
+
+    # ------------------------------------------------------------------ teacher
+    def model_class(self) -> Any:
+        """The transformers Auto class that loads models of this task."""
+        import transformers
+
+        return getattr(transformers, self.auto_class)
+
+    def model_logits(self, output: Any) -> "torch.Tensor":
+        """The tensor the store keeps from a model's output: ``logits``, (B, C) or (B, T, C)."""
+        return output.logits
+
+    def teacher_problem(self, num_labels: int, label_names: list[str], store_labels: list[str]) -> str | None:
+        """Why a teacher with these outputs cannot fill a store with ``store_labels``, or None.
+
+        A teacher's generic names (LABEL_0, ...) match any store labels of the same count."""
+        if num_labels != len(store_labels):
+            return (f"has {num_labels} labels but the store has {len(store_labels)} ({', '.join(store_labels)}); "
+                    "use a teacher with the store's label set or a new --out")
+        if label_names != list(store_labels) and not generic_label_names(label_names):
+            return (f"has labels {', '.join(label_names)} but the store has {', '.join(store_labels)} (names and "
+                    "order must match); use a teacher trained on the store's labels or a new --out")
+        return None
+
+    # ------------------------------------------------------------------ scores
+    @abstractmethod
+    def scores(self, logits: np.ndarray, split: "SplitData", label_names: list[str]) -> dict[str, float]:
+        """The validation loss ("loss") and every metric of the task for ``logits`` in the
+        store's layout of ``split``: (R, C) per row, or (T, C) per token."""
+
+    # ------------------------------------------------------------------ KD loss
+    @abstractmethod
+    def kd_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor | None",
+                 attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:
+        """A batch's logits and labels as the groups the KD loss averages, and the number of
+        terms (examples or labelled tokens) the loss is a mean over.
+
+        ``student``/``teacher``: (B, C), or (B, T, C) for the token layout; ``labels`` as
+        the batch holds them; ``attention_mask`` (B, T)."""
+
+
+def need_fast(tokenizer: Any, what: str) -> None:
+    """Raise DataError unless ``tokenizer`` is a fast (Rust) one: token tasks need its
+    word ids and character offsets."""
+    from logitstore.errors import DataError
+
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(f"{what} needs a fast (Rust) tokenizer to align words and characters with tokens; "
+                        "save the teacher with a tokenizer.json (AutoTokenizer(..., use_fast=True))")
+
+
+def content_sha256(rows: Any) -> str:
+    """sha256 over rows of JSON-able values, one JSON document each (what a split's content
+    hash covers)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, ensure_ascii=False, default=str).encode())
+    return h.hexdigest()
+
+
+def generic_label_names(names: Sequence[str]) -> bool:
+    """True for a teacher's placeholder names LABEL_0, LABEL_1, ..."""
+    return all(n == f"LABEL_{i}" for i, n in enumerate(names))
