@@ -13,28 +13,129 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
+from typing import get_args, get_type_hints
 
 from logitstore.errors import LogitStoreError, run_cli
+from students.config import DISTANCES, MODES, ONLINE_KINDS, SCHEDULES, STUDENT_TEMPERATURES, TrainConfig
 from students.errors import StudentsError
+from students.sweep.space import SPACE_KEYS, SweepSpace
+from students.sweep.strategies import STRATEGIES
 
 USER_ERRORS = (LogitStoreError, StudentsError)
 
 
-def _add_optimisation(o: argparse._ArgumentGroup) -> None:
-    """The optimisation flags `train` and `sweep` share."""
-    o.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
-    o.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (replaces --epochs)")
-    o.add_argument("--batch-size", type=int, default=32, help="training batch size (default: 32)")
-    o.add_argument("--eval-batch-size", type=int, default=128, help="evaluation batch size (default: 128)")
-    o.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
-    o.add_argument("--schedule", default="linear", choices=["linear", "constant"],
-                   help="learning-rate schedule after warm-up (default: linear decay to 0)")
-    o.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps for linear warm-up (default: 0.1)")
-    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
-    o.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default: 1)")
-    o.add_argument("--group-by-length", action="store_true",
-                   help="batch training rows of similar length together (sorted within windows of 4 batches, "
-                        "batches shuffled): much less padding, so faster steps; off by default")
+@dataclass(frozen=True)
+class Option:
+    """The `--flag` of one TrainConfig field. Its default and type come from TrainConfig;
+    ``help`` gets "(default: X)" appended unless the default is None or a switch."""
+
+    field: str
+    help: str
+    group: str  # its group in `students train --help`
+    train_only: bool = False  # else `students sweep` has it too, for every run
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+
+
+_HINTS = get_type_hints(TrainConfig)
+
+#: Every training flag, once: `students train` has them all, `students sweep` those not train_only.
+OPTIONS = (
+    Option("distance", "teacher-student distance: ce = KL between softened distributions (logged as KL, 0 at a "
+           "match), mse = mean squared error between scaled logits", "distillation", True, choices=DISTANCES),
+    Option("temperature", "teacher temperature tau_t", "distillation", True, metavar="TAU_T"),
+    Option("student_temperature", "student temperature tau_s: 1 (only the teacher is softened) or teacher "
+           "(tau_s = tau_t, Hinton et al.)", "distillation", True, choices=STUDENT_TEMPERATURES),
+    Option("alpha", "weight of the distillation term; 0 = fine-tuning on labels only, 1 = no labels",
+           "distillation", True),
+    Option("teacher", "teacher checkpoint: ths = highest validation score, tll = lowest validation loss, or a "
+           "checkpoint name from `logitstore info`", "distillation", True, metavar="ths|tll|NAME"),
+    Option("online", "run the teacher on every step (PyTorch from its checkpoint folder, or its exported ONNX "
+           "model) instead of reading the cached logits: the baseline the cache is measured against",
+           "distillation", True, choices=ONLINE_KINDS),
+    Option("layers", "student layers; layer j is initialised from teacher layer floor((j+1)*N/K)-1", "student",
+           True, metavar="K"),
+    Option("init", "initialise from this transformers model folder (safetensors weights) instead of the teacher "
+           "checkpoint (same vocabulary as the store; more layers than K are skipped the same way)", "student",
+           metavar="PATH"),
+    Option("epochs", "training epochs", "optimisation", metavar="N"),
+    Option("max_steps", "stop after this many steps (replaces --epochs)", "optimisation", metavar="N"),
+    Option("batch_size", "training batch size", "optimisation", metavar="N"),
+    Option("eval_batch_size", "evaluation batch size", "optimisation", metavar="N"),
+    Option("lr", "peak learning rate of AdamW", "optimisation"),
+    Option("schedule", "learning rate after the warm-up: linear = decay to 0 at the last step, constant = stay",
+           "optimisation", choices=SCHEDULES),
+    Option("warmup_ratio", "fraction of the steps over which the learning rate rises linearly from 0",
+           "optimisation", metavar="R"),
+    Option("weight_decay", "AdamW weight decay (not on biases and LayerNorm weights)", "optimisation", metavar="W"),
+    Option("max_grad_norm", "gradient clipping norm", "optimisation", metavar="NORM"),
+    Option("group_by_length", "batch training rows of similar length together (sorted within windows of 4 "
+           "batches, batches shuffled): much less padding, so faster steps; off by default", "optimisation"),
+    Option("seed", "seed of initialisation, dropout and batch order", "optimisation", True, metavar="N"),
+    Option("eval_every", "evaluate on validation every N steps (default: at the end of each epoch)",
+           "optimisation", metavar="N"),
+    Option("device", "cpu, cuda, cuda:N, mps or auto (cuda when torch sees a GPU, else cpu)", "runtime",
+           metavar="NAME"),
+    Option("memory_budget_mb", "logits of a split larger than this are streamed by chunks instead of read into "
+           "RAM", "runtime", metavar="MB"),
+    Option("loader", "ram = read the logits into RAM, stream = read them chunk by chunk, auto = by "
+           "--memory-budget-mb", "runtime", choices=MODES),
+    Option("progress", "do not draw the progress bar", "runtime", True),
+    Option("save_checkpoints", "also save the model at every evaluation as OUT/checkpoint-<step> (e.g. when "
+           "fine-tuning a teacher with --alpha 0 and --layers N, whose checkpoints then go into "
+           "`logitstore build`)", "runtime", True),
+)
+
+#: `students sweep` space flags: entry -> (metavar, help); defaults in brackets come from SweepSpace.
+SPACE_FLAGS = {
+    "distance": ("LIST", "distances: ce, mse"),
+    "temperature": ("LIST", "teacher temperatures tau_t"),
+    "student_temperature": ("LIST", "student temperature modes: teacher (tau_s = tau_t), 1"),
+    "alpha": ("LIST", "KD weights alpha in [0, 1]"),
+    "teacher": ("LIST", "teacher checkpoints: ths, tll or names from `logitstore info`"),
+    "layers": ("LIST", "student sizes in layers; greedy runs per size"),
+    "seeds": ("N|LIST", "N = seeds 0..N-1, or a comma-separated list of seeds; every configuration runs each"),
+    "base_temperature": ("TAU_T", "the Hinton configuration's tau_t: greedy start and baselines"),
+    "base_alpha": ("ALPHA", "the Hinton configuration's alpha, in (0, 1): greedy start and baselines"),
+}
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(_fmt, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _add_option(group: argparse._ArgumentGroup, o: Option) -> None:
+    """``o`` as a flag of ``group``: --field-name (a switch for a bool field; --no-field-name
+    for one that is on by default), its default and type from TrainConfig."""
+    default = TrainConfig.__dataclass_fields__[o.field].default
+    kind = [t for t in get_args(_HINTS[o.field]) if t is not type(None)] or [_HINTS[o.field]]
+    flag = "--" + o.field.replace("_", "-")
+    if kind[0] is bool:
+        group.add_argument("--no-" + flag[2:] if default else flag, dest=o.field, default=default, help=o.help,
+                           action="store_false" if default else "store_true")
+        return
+    shown = "" if default is None else f" (default: {_fmt(default)})"
+    group.add_argument(flag, dest=o.field, type=kind[0], default=default, choices=o.choices, metavar=o.metavar,
+                       help=o.help + shown)
+
+
+def _add_options(parser: argparse.ArgumentParser, command: str, group_title: str | None = None) -> None:
+    """The OPTIONS of ``command``: in their own groups, or all in one group titled ``group_title``."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for o in OPTIONS:
+        if command == "train" or not o.train_only:
+            title = group_title or o.group
+            if title not in groups:
+                groups[title] = parser.add_argument_group(title)
+            _add_option(groups[title], o)
+
+
+def config_kwargs(args: argparse.Namespace, command: str) -> dict[str, object]:
+    """The TrainConfig keyword arguments of the OPTIONS flags of ``command`` in ``args``."""
+    return {o.field: getattr(args, o.field) for o in OPTIONS if command == "train" or not o.train_only}
 
 
 def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -45,45 +146,7 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                                    "run_config.json, metrics.jsonl and summary.json to --out.")
     t.add_argument("--store", required=True, metavar="STORE", help="a logit store written by `logitstore build`")
     t.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced)")
-    k = t.add_argument_group("distillation")
-    k.add_argument("--distance", default="ce", choices=["ce", "mse"],
-                   help="teacher-student distance: ce = KL between softened distributions (logged as KL, 0 at a "
-                        "match), mse = mean squared error between scaled logits (default: ce)")
-    k.add_argument("--temperature", type=float, default=2.0, metavar="TAU_T",
-                   help="teacher temperature tau_t (default: 2)")
-    k.add_argument("--student-temperature", default="teacher", choices=["1", "teacher"],
-                   help="student temperature tau_s: 1 (only the teacher is softened) or teacher (tau_s = tau_t, "
-                        "Hinton et al.) (default: teacher)")
-    k.add_argument("--alpha", type=float, default=0.5,
-                   help="weight of the distillation term; 0 = fine-tuning on labels only, 1 = no labels (default: 0.5)")
-    k.add_argument("--teacher", default="ths", metavar="ths|tll|NAME",
-                   help="teacher checkpoint: ths = highest validation score, tll = lowest validation loss, or a "
-                        "checkpoint name from `logitstore info` (default: ths)")
-    k.add_argument("--online", default=None, choices=["pytorch", "onnx"],
-                   help="run the teacher on every step (PyTorch from its checkpoint folder, or its exported ONNX "
-                        "model) instead of reading the cached logits: the baseline the cache is measured against")
-    s = t.add_argument_group("student")
-    s.add_argument("--layers", type=int, default=2, metavar="K",
-                   help="student layers; layer j is initialised from teacher layer floor((j+1)*N/K)-1 (default: 2)")
-    s.add_argument("--init", default=None, metavar="PATH",
-                   help="initialise from this transformers model folder instead of the teacher checkpoint "
-                        "(same vocabulary as the store; more layers than K are skipped the same way)")
-    o = t.add_argument_group("optimisation")
-    _add_optimisation(o)
-    o.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout and batch order (default: 0)")
-    o.add_argument("--eval-every", type=int, default=None, metavar="N",
-                   help="evaluate on validation every N steps (default: at the end of each epoch)")
-    r = t.add_argument_group("runtime")
-    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    r.add_argument("--memory-budget-mb", type=float, default=1024.0,
-                   help="logits of a split larger than this are streamed by chunks instead of read into RAM "
-                        "(default: 1024)")
-    r.add_argument("--loader", default="auto", choices=["auto", "ram", "stream"],
-                   help="force reading the logits into RAM or streaming them (default: auto, by the budget)")
-    r.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
-    r.add_argument("--save-checkpoints", action="store_true",
-                   help="also save the model at every evaluation as OUT/checkpoint-<step> (e.g. when fine-tuning a "
-                        "teacher with --alpha 0 and --layers N, whose checkpoints then go into `logitstore build`)")
+    _add_options(t, "train")
 
 
 def _add_sweep(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -98,40 +161,20 @@ def _add_sweep(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     w.add_argument("--store", required=True, metavar="STORE", help="a logit store written by `logitstore build`")
     w.add_argument("--out", default="runs/sweep", metavar="SWEEP_DIR",
                    help="sweep folder: results.jsonl, sweep.json, runs/<key>/ (default: runs/sweep)")
-    w.add_argument("--strategy", default="greedy", choices=["grid", "greedy"],
+    w.add_argument("--strategy", default="greedy", choices=STRATEGIES,
                    help="grid = the product of all values; greedy = the study's search (default: greedy)")
     w.add_argument("--space", default=None, metavar="FILE.toml",
-                   help="TOML file with the space: top-level keys distance, temperature, student_temperature, "
-                        "alpha, teacher, layers, seeds, base_temperature, base_alpha (a value or a list)")
+                   help="TOML file with the space: top-level keys " + ", ".join(SPACE_KEYS) + " (a value or a list)")
     v = w.add_argument_group("sweep space (comma-separated values; default in brackets)")
-    v.add_argument("--distance", default=None, metavar="LIST", help="distances: ce, mse [ce,mse]")
-    v.add_argument("--temperature", default=None, metavar="LIST", help="teacher temperatures tau_t [1,2,4,8]")
-    v.add_argument("--student-temperature", default=None, metavar="LIST",
-                   help="student temperature modes: teacher (tau_s = tau_t), 1 [teacher,1]")
-    v.add_argument("--alpha", default=None, metavar="LIST", help="KD weights alpha in [0, 1] [0.25,0.5,0.75,1]")
-    v.add_argument("--teacher", default=None, metavar="LIST",
-                   help="teacher checkpoints: ths, tll or names from `logitstore info` [ths,tll]")
-    v.add_argument("--layers", default=None, metavar="LIST", help="student sizes in layers; greedy runs per size [2]")
-    v.add_argument("--seeds", default=None, metavar="N|LIST",
-                   help="N = seeds 0..N-1, or a comma-separated list of seeds; every configuration runs each [1]")
-    v.add_argument("--base-temperature", type=float, default=None, metavar="TAU_T",
-                   help="the Hinton configuration's tau_t: greedy start and baselines [2]")
-    v.add_argument("--base-alpha", type=float, default=None, metavar="ALPHA",
-                   help="the Hinton configuration's alpha, in (0, 1): greedy start and baselines [0.5]")
+    defaults = SweepSpace()
+    for key, (metavar, text) in SPACE_FLAGS.items():
+        shown = str(len(defaults.seeds)) if key == "seeds" else _fmt(getattr(defaults, key))  # seeds: a count
+        v.add_argument("--" + key.replace("_", "-"), default=None, metavar=metavar, help=f"{text} [{shown}]",
+                       type=float if key.startswith("base_") else str)
     w.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N configurations at once in separate processes, each with cores/N torch threads "
                         "(default: 1, in this process)")
-    o = w.add_argument_group("training options of every run (as in `students train`)")
-    _add_optimisation(o)
-    o.add_argument("--eval-every", type=int, default=None, metavar="N",
-                   help="evaluate on validation every N steps (default: at the end of each epoch)")
-    o.add_argument("--init", default=None, metavar="PATH",
-                   help="initialise students from this transformers model folder instead of the teacher checkpoint")
-    o.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    o.add_argument("--memory-budget-mb", type=float, default=1024.0,
-                   help="logits of a split larger than this are streamed by chunks (default: 1024)")
-    o.add_argument("--loader", default="auto", choices=["auto", "ram", "stream"],
-                   help="force reading the logits into RAM or streaming them (default: auto, by the budget)")
+    _add_options(w, "sweep", "training options of every run (as in `students train`)")
 
 
 def _add_report(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -158,34 +201,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
-        from students.train import TrainConfig, train
+        from students.train import train
 
-        config = TrainConfig(
-            store=args.store, out=args.out, distance=args.distance, temperature=args.temperature,
-            student_temperature=args.student_temperature, alpha=args.alpha, teacher=args.teacher,
-            layers=args.layers, init=args.init, epochs=args.epochs, batch_size=args.batch_size,
-            eval_batch_size=args.eval_batch_size, lr=args.lr, schedule=args.schedule,
-            warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-            group_by_length=args.group_by_length,
-            seed=args.seed, max_steps=args.max_steps, eval_every=args.eval_every, device=args.device,
-            online=args.online, memory_budget_mb=args.memory_budget_mb, loader=args.loader,
-            progress=not args.no_progress, save_checkpoints=args.save_checkpoints,
-        )
-        train(config)
+        train(TrainConfig(store=args.store, out=args.out, **config_kwargs(args, "train")))
         return 0
     if args.command == "sweep":
-        from students.sweep import SPACE_KEYS, SweepConfig, load_space, run_sweep
-        from students.train import TrainConfig
+        from students.sweep import SweepConfig, load_space, run_sweep
 
         space = load_space(args.space, {k: getattr(args, k) for k in SPACE_KEYS})
-        template = TrainConfig(
-            store=args.store, out=args.out, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-            eval_batch_size=args.eval_batch_size, lr=args.lr, schedule=args.schedule, warmup_ratio=args.warmup_ratio,
-            weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-            group_by_length=args.group_by_length, eval_every=args.eval_every,
-            init=args.init, device=args.device, memory_budget_mb=args.memory_budget_mb, loader=args.loader,
-            progress=False,
-        )
+        template = TrainConfig(store=args.store, out=args.out, progress=False, **config_kwargs(args, "sweep"))
         run_sweep(SweepConfig(args.store, args.out, args.strategy, space, args.workers, template))
         return 0
     if args.command == "report":

@@ -36,43 +36,9 @@ import torch
 
 from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData
 from logitstore.tasks import IGNORE, get_task
-from students.errors import ConfigError
+from students.config import LoaderConfig
 
-MODES = ("auto", "ram", "stream")
 LENGTH_WINDOW_BATCHES = 4  # group_by_length sorts windows of this many batches
-
-
-@dataclass(frozen=True)
-class LoaderConfig:
-    """How batches are drawn. ``memory_budget_bytes`` bounds the decoded (float32) logits
-    held in RAM for one split; ``mode`` forces "ram" or "stream" instead of deciding by it."""
-
-    batch_size: int = 32
-    seed: int = 0
-    memory_budget_bytes: int = 1 << 30
-    mode: str = "auto"
-    buffer_chunks: int = 4
-    pad_id: int = 0
-    group_by_length: bool = False
-
-    def __post_init__(self) -> None:
-        problems = loader_config_problems(self.batch_size, self.memory_budget_bytes, self.mode, self.buffer_chunks)
-        if problems:
-            raise ConfigError("invalid loader settings: " + "; ".join(problems))
-
-
-def loader_config_problems(batch_size: int, memory_budget_bytes: int, mode: str, buffer_chunks: int) -> list[str]:
-    """Every problem with these loader settings, each ending "Got X instead"."""
-    problems = []
-    if batch_size < 1:
-        problems.append(f"batch size must be >= 1. Got {batch_size} instead")
-    if memory_budget_bytes < 0:
-        problems.append(f"memory budget must be >= 0. Got {memory_budget_bytes} bytes instead")
-    if mode not in MODES:
-        problems.append(f"loader mode must be one of {', '.join(MODES)}. Got {mode!r} instead")
-    if buffer_chunks < 1:
-        problems.append(f"shuffle buffer must hold >= 1 chunk. Got {buffer_chunks} instead")
-    return problems
 
 
 @dataclass(frozen=True)

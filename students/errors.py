@@ -7,13 +7,24 @@ store itself (missing, corrupt, unknown format version, no such checkpoint) come
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class StudentsError(Exception):
     """Base class: an error with a message meant for a user, printed without a traceback."""
 
 
 class ConfigError(StudentsError, ValueError):
-    """A training configuration is invalid; the message lists every problem found."""
+    """A configuration is invalid; the message lists every problem found, and ``problems``
+    holds them one by one (so a config made of parts can report all of its parts' problems)."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems) or [message]
+
+
+class OutputPathError(StudentsError, OSError):
+    """An output folder (``--out``) cannot be created: a file is in the way, or no permission."""
 
 
 class StudentInitError(StudentsError, ValueError):

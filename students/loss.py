@@ -36,50 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from logitstore.tasks import Task
-from students.errors import ConfigError
-
-DISTANCES = ("ce", "mse")
-STUDENT_TEMPERATURES = ("1", "teacher")
-
-
-@dataclass(frozen=True)
-class KDLossConfig:
-    """The four KD parameters: distance, tau_t, tau_s mode ("1" or "teacher") and alpha."""
-
-    distance: str = "ce"
-    temperature: float = 2.0
-    student_temperature: str = "teacher"
-    alpha: float = 0.5
-
-    def __post_init__(self) -> None:
-        problems = loss_config_problems(self.distance, self.temperature, self.student_temperature, self.alpha)
-        if problems:
-            raise ConfigError("invalid KD loss settings: " + "; ".join(problems))
-
-    @property
-    def tau_t(self) -> float:
-        return float(self.temperature)
-
-    @property
-    def tau_s(self) -> float:
-        """The student temperature: 1.0, or tau_t when ``student_temperature="teacher"``."""
-        return self.tau_t if self.student_temperature == "teacher" else 1.0
-
-
-def loss_config_problems(distance: str, temperature: float, student_temperature: str, alpha: float) -> list[str]:
-    """Every problem with these KD settings, each ending "Got X instead"."""
-    problems = []
-    if distance not in DISTANCES:
-        problems.append(f"distance must be one of {', '.join(DISTANCES)}. Got {distance!r} instead")
-    if not isinstance(temperature, (int, float)) or not temperature > 0 or temperature == float("inf"):
-        problems.append(f"temperature must be a finite number > 0. Got {temperature!r} instead")
-    if student_temperature not in STUDENT_TEMPERATURES:
-        problems.append(
-            f"student temperature must be one of {', '.join(STUDENT_TEMPERATURES)}. Got {student_temperature!r} instead"
-        )
-    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        problems.append(f"alpha must be in [0, 1]. Got {alpha!r} instead")
-    return problems
+from students.config import KDLossConfig
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -70,6 +71,18 @@ def _layer_prefix(model: nn.Module, n: int, source: str) -> str:
     return lists[0]
 
 
+def _refuse_pickle(source: str) -> None:
+    """StudentInitError naming the fix when the folder ``source`` has pickled weights
+    (pytorch_model.bin) but no safetensors: students load weights only from safetensors."""
+    folder = Path(source)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and any(folder.glob("pytorch_model*.bin")):
+        raise StudentInitError(
+            f"{source} holds only pickled weights (pytorch_model.bin), which students never load (unpickling "
+            "can run code); re-save the model with save_pretrained(safe_serialization=True) (transformers >= 5: "
+            "save_pretrained writes model.safetensors) and pass that folder"
+        )
+
+
 def build_student(source: str, layers: int, label_names: list[str], vocab_size: int,
                   task: Task) -> tuple[PreTrainedModel, StudentInit]:
     """A K-layer model of ``task`` (sequence or token classifier, QA span head)
@@ -78,7 +91,8 @@ def build_student(source: str, layers: int, label_names: list[str], vocab_size: 
     ``label_names`` set the head (a source head of another size is replaced by a freshly
     initialised one, so seed torch before calling); ``vocab_size`` is the size the store's
     token ids were made for. Raises StudentInitError for K > N, K < 1, a different
-    vocabulary size, or a folder that is not a transformers model.
+    vocabulary size, a folder that is not a transformers model, or one whose weights are
+    only pickled (pytorch_model.bin: weights are read from safetensors only).
     """
     cfg = _load_config(source)
     n = getattr(cfg, "num_hidden_layers", None)
@@ -95,8 +109,10 @@ def build_student(source: str, layers: int, label_names: list[str], vocab_size: 
     num_labels = len(label_names)
     labels = {"num_labels": num_labels, "id2label": dict(enumerate(label_names)),
               "label2id": {name: i for i, name in enumerate(label_names)}}
-    try:
-        src_model = auto.from_pretrained(source, ignore_mismatched_sizes=True, dtype=torch.float32, **labels)
+    _refuse_pickle(source)
+    try:  # use_safetensors: never unpickle a .bin (pickle can run code on load)
+        src_model = auto.from_pretrained(source, ignore_mismatched_sizes=True, dtype=torch.float32,
+                                         use_safetensors=True, **labels)
     except Exception as exc:
         raise StudentInitError(
             f"cannot load a {task.name} model from {source} ({type(exc).__name__}: {exc}); "

@@ -11,7 +11,6 @@ then says the sweep is incomplete.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from students.config import TrainConfig
 from students.sweep import (MANIFEST, RESULTS, LayersOutcome, Point, PointStats, ResultsFileError, Reward,
-                            load_results, point_stats, run_config, run_key)
-from students.train import TrainConfig
+                            load_results, point_stats, read_manifest, run_config, run_key)
 
 MAX_PLOT_ROWS = 40  # configurations drawn in metrics.png (the marked ones always are)
 
@@ -61,10 +60,10 @@ class SweepReport:
 def load_report(sweep_dir: str | os.PathLike[str]) -> SweepReport:
     """Read SWEEP_DIR into a SweepReport; raises ResultsFileError when it holds no sweep."""
     d = Path(sweep_dir)
-    if not (d / MANIFEST).exists():
+    manifest = read_manifest(d)
+    if manifest is None:
         raise ResultsFileError(f"{d} holds no {MANIFEST}; run `students sweep --out {d}` first")
     try:
-        manifest = json.loads((d / MANIFEST).read_text())
         template = TrainConfig(store=manifest["store"], out=str(d), **manifest["train_options"])
         seeds = set(manifest["space"]["seeds"])
         outcomes = [LayersOutcome.from_dict(o) for o in manifest["outcomes"]]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,109 +25,21 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from logitstore.errors import NoCheckpointError
 from logitstore.format import CheckpointMeta
 from logitstore.store import LogitStore, SplitData, open_store
 from logitstore.tasks import Task, get_task
-from students.data import Batch, LoaderConfig, SplitBatches, loader_config_problems
+from students.config import KDLossConfig, OptimConfig, TrainConfig, output_dir
+from students.data import Batch, SplitBatches
 from students.errors import ConfigError, StoreContentError
-from students.loss import KDLossConfig, loss_config_problems, task_loss
+from students.loss import task_loss
 from students.model import StudentInit, build_student, forward_kwargs
-from students.teacher import ONLINE_KINDS, CachedTeacher, Teacher, online_teacher
+from students.teacher import CachedTeacher, Teacher, online_teacher
 
-SCHEDULES = ("linear", "constant")
 TRAIN_SPLIT = "train"
 TEST_SPLIT = "test"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of one training run; validated at construction (one ConfigError
-    listing every problem).
-
-    ``teacher`` is "ths" (highest validation score), "tll" (lowest validation loss) or a
-    checkpoint name. ``max_steps`` (when set) replaces ``epochs`` as the length of the run.
-    ``eval_every`` is in steps; None evaluates at the end of every epoch.
-    ``group_by_length`` batches training rows of similar length together (less padding;
-    see students/data.py). ``loader``
-    "auto" reads the logits into RAM when they fit ``memory_budget_mb`` and streams them
-    otherwise. ``save_checkpoints`` also saves the student at every evaluation as
-    ``OUT/checkpoint-<step>`` (the transformers layout), e.g. when fine-tuning a teacher
-    with alpha 0 whose checkpoints then go into the store.
-    """
-
-    store: str
-    out: str
-    distance: str = "ce"
-    temperature: float = 2.0
-    student_temperature: str = "teacher"
-    alpha: float = 0.5
-    teacher: str = "ths"
-    layers: int = 2
-    init: str | None = None
-    epochs: int = 3
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    lr: float = 1e-4
-    schedule: str = "linear"
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    max_steps: int | None = None
-    eval_every: int | None = None
-    device: str = "auto"
-    online: str | None = None
-    memory_budget_mb: float = 1024.0
-    loader: str = "auto"
-    buffer_chunks: int = 4
-    group_by_length: bool = False
-    progress: bool = True
-    save_checkpoints: bool = False
-
-    def __post_init__(self) -> None:
-        p = loss_config_problems(self.distance, self.temperature, self.student_temperature, self.alpha)
-        p += loader_config_problems(self.batch_size, int(self.memory_budget_mb * 2**20), self.loader, self.buffer_chunks)
-        if not self.teacher:
-            p.append("teacher must be ths, tll or a checkpoint name. Got an empty string instead")
-        for name in ("layers", "epochs", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                p.append(f"{name.replace('_', ' ')} must be >= 1. Got {getattr(self, name)} instead")
-        for name in ("max_steps", "eval_every"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                p.append(f"{name.replace('_', ' ')} must be >= 1 or unset. Got {getattr(self, name)} instead")
-        if not self.lr > 0:
-            p.append(f"learning rate must be > 0. Got {self.lr} instead")
-        if self.schedule not in SCHEDULES:
-            p.append(f"schedule must be one of {', '.join(SCHEDULES)}. Got {self.schedule!r} instead")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            p.append(f"warmup ratio must be in [0, 1). Got {self.warmup_ratio} instead")
-        if self.weight_decay < 0 or self.max_grad_norm <= 0:
-            p.append(f"weight decay must be >= 0 and max grad norm > 0. Got {self.weight_decay} and "
-                     f"{self.max_grad_norm} instead")
-        if self.online is not None and self.online not in ONLINE_KINDS:
-            p.append(f"online must be one of {', '.join(ONLINE_KINDS)} or unset. Got {self.online!r} instead")
-        if not (self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda")):
-            p.append(f"device must be auto, cpu, cuda[:N] or mps. Got {self.device!r} instead")
-        if p:
-            raise ConfigError("invalid training config: " + "; ".join(p))
-
-    @property
-    def loss(self) -> KDLossConfig:
-        return KDLossConfig(self.distance, self.temperature, self.student_temperature, self.alpha)
-
-    def loader_config(self, pad_id: int) -> LoaderConfig:
-        return LoaderConfig(self.batch_size, self.seed, int(self.memory_budget_mb * 2**20), self.loader,
-                            self.buffer_chunks, pad_id, self.group_by_length)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -248,22 +160,20 @@ def _vocab_size(store: LogitStore, ckpt: CheckpointMeta | None) -> int:
     return len(store.load_tokenizer())
 
 
-def _optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
+def _optimizer(model: torch.nn.Module, optim: OptimConfig, total_steps: int
+               ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no weight decay on biases and LayerNorm weights) and transformers' warm-up
+    schedule: linear from 0 to ``optim.lr`` over the warm-up steps, then linear decay to 0
+    at ``total_steps`` or constant."""
     decay, no_decay = [], []
     for p in model.parameters():
-        (no_decay if p.ndim < 2 else decay).append(p)  # no decay on biases and LayerNorm weights
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    warmup = round(config.warmup_ratio * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if config.schedule == "constant":
-            return 1.0
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        (no_decay if p.ndim < 2 else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr)
+    warmup = optim.warmup_steps(total_steps)
+    if optim.schedule == "constant":
+        return opt, get_constant_schedule_with_warmup(opt, warmup)
+    return opt, get_linear_schedule_with_warmup(opt, warmup, total_steps)
 
 
 def _progress(enabled: bool, console: Console) -> Progress:
@@ -338,19 +248,14 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     version, no such checkpoint) and students errors for everything else the user can fix.
     """
     console = console or Console()
+    output_dir(config.out, create=False)  # a file in the way fails here, before the store is read
     run = _prepare(config, console)
     loss_cfg, student, name = config.loss, run.student, run.ckpt.name if run.ckpt else None
     steps_per_epoch = len(run.train_batches)
-    total_steps = config.max_steps or config.epochs * steps_per_epoch
-    opt, sched = _optimizer(student, config, total_steps)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = {**config.to_dict(), "checkpoint": name, "checkpoint_meta": run.ckpt.to_dict() if run.ckpt else None,
-                "tau_t": loss_cfg.tau_t, "tau_s": loss_cfg.tau_s, "metric": run.metric, "device": str(run.device),
-                "student_init": asdict(run.init), "train_rows": len(run.train_batches.split),
-                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                "streamed": run.train_batches.streamed, "store_meta": run.store.meta.to_dict()}
-    (out / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    total_steps = config.optim.total_steps(steps_per_epoch)
+    opt, sched = _optimizer(student, config.optim, total_steps)
+    out = output_dir(config.out)
+    _write_run_config(out, config, run, steps_per_epoch, total_steps)
 
     losses: list[float] = []
     best: tuple[float, int, EvalResult, dict[str, torch.Tensor]] | None = None
@@ -396,15 +301,31 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     run.store.save_tokenizer(out)
     result = TrainResult(out, name, run.metric, step, best_step, best_result, test, losses, train_seconds,
                          examples / train_seconds)
-    summary = {"checkpoint": name, "metric": run.metric, "steps": step, "best_step": best_step,
-               "best_validation": best_result.to_dict(), "test": test.to_dict() if test else None,
-               "final_train_loss": losses[-1], "train_seconds": round(train_seconds, 3),
-               "examples_per_s": round(result.examples_per_s, 2)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    console.print(f"best {run.metric} on {best_result.split}: {best_result.score(run.metric):.4f} at step "
-                  f"{best_step}" + (f"; test {run.metric}: {test.score(run.metric):.4f}" if test else "")
-                  + f"; wrote {out}")
+    _write_summary(result, console)
     return result
+
+
+def _write_run_config(out: Path, config: TrainConfig, run: _Run, steps_per_epoch: int, total_steps: int) -> None:
+    """OUT/run_config.json: every setting (the flat TrainConfig) and what it resolved to."""
+    loss_cfg = config.loss
+    resolved = {**config.to_dict(), "checkpoint": run.ckpt.name if run.ckpt else None,
+                "checkpoint_meta": run.ckpt.to_dict() if run.ckpt else None,
+                "tau_t": loss_cfg.tau_t, "tau_s": loss_cfg.tau_s, "metric": run.metric, "device": str(run.device),
+                "student_init": asdict(run.init), "train_rows": len(run.train_batches.split),
+                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                "streamed": run.train_batches.streamed, "store_meta": run.store.meta.to_dict()}
+    (out / "run_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+
+
+def _write_summary(r: TrainResult, console: Console) -> None:
+    """OUT/summary.json and the closing line on the console."""
+    summary = {"checkpoint": r.checkpoint, "metric": r.metric, "steps": r.steps, "best_step": r.best_step,
+               "best_validation": r.best.to_dict(), "test": r.test.to_dict() if r.test else None,
+               "final_train_loss": r.losses[-1], "train_seconds": round(r.train_seconds, 3),
+               "examples_per_s": round(r.examples_per_s, 2)}
+    (r.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(f"best {r.metric} on {r.best.split}: {r.best.score(r.metric):.4f} at step {r.best_step}"
+                  + (f"; test {r.metric}: {r.test.score(r.metric):.4f}" if r.test else "") + f"; wrote {r.out}")
 
 
 def _train_step(student: torch.nn.Module, teacher: Teacher | None, batch: Batch, config: TrainConfig,

@@ -247,7 +247,7 @@ def test_runs_that_name_the_same_checkpoint_twice_are_run_once(tmp_path):
     CALLS.clear()
     template = SweepConfig(store="fake.zarr", out=str(tmp_path), strategy="greedy", space=SPACE).template
     runner = Runner(tmp_path, template, SPACE.seeds, fake_run, teachers={"ths": "checkpoint-9", "tll": "checkpoint-9"})
-    outcome = greedy(SPACE, 2, runner.evaluate)
+    outcome = greedy(SPACE, 2, runner.run_points)
     trained = [(c[0], c[1], c[2], c[3], c[5]) for c in CALLS]  # every run minus the teacher's name
     assert len(set(trained)) == len(trained)  # no run trained twice under the two names
     records = load_results(tmp_path)
@@ -264,5 +264,5 @@ def test_runs_that_name_the_same_checkpoint_twice_are_run_once(tmp_path):
 
     CALLS.clear()  # a resumed runner finds every run, twins included, and trains nothing
     again = Runner(tmp_path, template, SPACE.seeds, fake_run, teachers={"ths": "checkpoint-9", "tll": "checkpoint-9"})
-    greedy(SPACE, 2, again.evaluate)
+    greedy(SPACE, 2, again.run_points)
     assert CALLS == [] and again.ran == 0

@@ -1,0 +1,108 @@
+"""The sweep as a whole, the recipe behind `students sweep`:
+
+    SweepConfig -> check SWEEP_DIR (its sweep.json, the store it recorded) -> sweep.json
+    "running" -> per student size: strategy(space, layers, Runner.run_points) -> sweep.json
+    "complete" with the outcomes
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from students.config import TrainConfig, output_dir
+from students.errors import ConfigError
+from students.sweep.points import NOT_IN_KEY, train_run
+from students.sweep.results import RECORD_VERSION, check_same_store, read_manifest, write_manifest
+from students.sweep.runner import Runner, RunFn
+from students.sweep.space import PARAMS, SweepSpace
+from students.sweep.strategies import GREEDY_ORDER, STRATEGIES, LayersOutcome, greedy, grid
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One sweep: store, folder, strategy, space, parallel workers and the training options
+    every run shares (``train``: a TrainConfig whose KD fields, seed, store and out are
+    replaced per run; None = TrainConfig defaults)."""
+
+    store: str
+    out: str
+    strategy: str = "greedy"
+    space: SweepSpace = field(default_factory=SweepSpace)
+    workers: int = 1
+    train: TrainConfig | None = None
+
+    def __post_init__(self) -> None:
+        p = []
+        if self.strategy not in STRATEGIES:
+            p.append(f"strategy must be one of {', '.join(STRATEGIES)}. Got {self.strategy!r} instead")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            p.append(f"workers must be an integer >= 1. Got {self.workers!r} instead")
+        if p:
+            raise ConfigError("invalid sweep config: " + "; ".join(p), p)
+
+    @property
+    def template(self) -> TrainConfig:
+        base = self.train or TrainConfig(store=self.store, out=self.out)
+        return replace(base, store=str(self.store), out=str(self.out), progress=False)
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: the outcome per student size and how many runs it trained now."""
+
+    out: Path
+    outcomes: list[LayersOutcome]
+    ran: int
+    records: dict[str, dict[str, Any]]
+
+
+def _store_identity(store_path: str, space: SweepSpace) -> dict[str, Any]:
+    """Open the store once (metadata only) and check every teacher value resolves."""
+    from logitstore.store import open_store
+
+    store = open_store(store_path)
+    chosen = {t: store.select(t).name for t in dict.fromkeys(("ths", "tll") + space.teacher)}
+    return {"dataset_fingerprint": store.meta.dataset_fingerprint,
+            "tokenizer_fingerprint": store.meta.tokenizer_fingerprint, "teachers": chosen}
+
+
+def _manifest(config: SweepConfig, identity: dict[str, Any] | None) -> dict[str, Any]:
+    """The sweep.json of a sweep that starts: its plan, status "running", no outcomes yet."""
+    options = {k: v for k, v in config.template.to_dict().items() if k not in NOT_IN_KEY + PARAMS + ("seed",)}
+    return {"version": RECORD_VERSION, "store": str(config.store), "store_identity": identity,
+            "strategy": config.strategy, "space": config.space.to_dict(), "greedy_order": list(GREEDY_ORDER),
+            "train_options": options, "status": "running", "outcomes": []}
+
+
+def run_sweep(config: SweepConfig, run_fn: RunFn = train_run, console: Console | None = None,
+              check_store: bool = True) -> SweepResult:
+    """Run (or resume) a sweep; writes SWEEP_DIR/results.jsonl as runs finish and
+    SWEEP_DIR/sweep.json (the plan, then the outcome). ``run_fn`` trains one config;
+    ``check_store`` = False skips opening the store (for fake run functions).
+
+    Raises OutputPathError (SWEEP_DIR cannot be a folder), ResultsFileError (a damaged
+    sweep.json or results.jsonl, a folder of another store), logitstore errors for the store."""
+    console = console or Console()
+    out = output_dir(config.out)
+    old = read_manifest(out)  # the folder's own files first: a damaged one fails before the store is read
+    identity = _store_identity(config.store, config.space) if check_store else None
+    if identity is not None:
+        check_same_store(out, old, identity)
+    manifest = _manifest(config, identity)
+    write_manifest(out, manifest)
+    runner = Runner(out, config.template, config.space.seeds, run_fn, config.workers, console,
+                    identity["teachers"] if identity is not None else None)
+    strategy = greedy if config.strategy == "greedy" else grid
+    try:
+        outcomes = [strategy(config.space, k, runner.run_points) for k in config.space.layers]
+    finally:
+        runner.close()
+    manifest.update(status="complete", outcomes=[o.to_dict() for o in outcomes])
+    write_manifest(out, manifest)
+    for o in outcomes:
+        console.print(f"L{o.layers} {config.strategy} winner: {o.winner.label()} "
+                      f"(val {runner.stats(o.winner).val_mean:.4f}); `students report {out}` for the tables")
+    return SweepResult(out, outcomes, runner.ran, runner.records)
