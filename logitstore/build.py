@@ -125,6 +125,14 @@ class BuildResult:
 
 def build_store(cfg: BuildConfig) -> BuildResult:
     """Build (or resume, or extend) the store at ``cfg.out``. Raises LogitStoreError subclasses."""
+    # Faults (issue 10): one build per store at a time (a lock beside it, logitstore/lock.py).
+    from logitstore.lock import exclusive
+
+    with exclusive(cfg.out, what="build"):
+        return _build_store(cfg)
+
+
+def _build_store(cfg: BuildConfig) -> BuildResult:
     t0 = time.perf_counter()
     ckpts = discover(list(cfg.teachers)) if cfg.teachers else []
     _check_tasks(ckpts, cfg.task, cfg.out)

@@ -49,6 +49,11 @@ class NoCheckpointError(LogitStoreError, LookupError):
     """The store has no complete checkpoint matching the request (name, ths or tll)."""
 
 
+# Faults (issue 10): a second writer on a locked store (logitstore/lock.py).
+class StoreLockedError(LogitStoreError, BlockingIOError):
+    """Another process holds the write lock of the store (or sweep folder)."""
+
+
 def run_cli(run: Callable[[Any], int], args: Any, errors: type[BaseException] | tuple[type[BaseException], ...],
             interrupted: str = "interrupted") -> int:
     """Run a command-line entry point: ``errors`` become one ``error: ...`` line and exit
