@@ -170,16 +170,22 @@ def _build_store(cfg: BuildConfig) -> BuildResult:
         pad_token_id=int(tokenizer.pad_token_id or 0),
         stride=cfg.stride if cfg.task == "question-answering" else None,
     )
+    # Faults (issue 10): entries with unreadable metadata are dropped and written again, and a
+    # full check of what would be skipped finds damaged splits and blocks to rewrite (repair.py).
+    from logitstore.repair import drop_unreadable, find_damage
+
+    drop_unreadable(cfg.out, meta, [c.name for c in ckpts])
     store = _open_or_create(cfg.out, meta, hashes)
+    plan = find_damage(store, splits, [c.name for c in ckpts])
     for name, data in splits.items():
-        if not store.has_split(name) or not store.split_meta(name).complete:
+        if not store.has_split(name) or not store.split_meta(name).complete or name in plan.splits:
             store.write_split(data, hashes[name])
     store.write_tokenizer(tok_dir, [f for f in TOKENIZER_FILES if (tok_dir / f).exists()])
     console.print(f"store [bold]{cfg.out}[/]: " + ", ".join(f"{n} {len(d):,} rows" for n, d in splits.items()))
 
     built, skipped = [], []
     for ck in ckpts:
-        if _build_checkpoint(store, ck, cfg, splits, tokenizer):
+        if _build_checkpoint(store, ck, cfg, splits, tokenizer, plan):
             built.append(ck.name)
         else:
             skipped.append(ck.name)
@@ -247,7 +253,7 @@ def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> Logi
               ("label column", old.label_column, meta.label_column),
               ("max length", old.max_length, meta.max_length),
               ("validation split", old.validation_split, meta.validation_split),
-              ("splits", sorted(store.split_names(complete_only=False)), sorted(hashes))]
+              ("splits", _held_splits(store, old, meta, hashes), sorted(hashes))]
     diffs = [f"{what} ({a} in the store, {b} now)" if what not in ("tokenizer",) else "tokenizer"
              for what, a, b in checks if a != b]
     for name, sha in hashes.items():
@@ -261,9 +267,28 @@ def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> Logi
     return store
 
 
+def _held_splits(store: LogitStore, old: StoreMeta, meta: StoreMeta, hashes: dict[str, str]) -> Any:
+    """Faults (issue 10): the store's splits for the mismatch check. With the store's own data
+    (same dataset fingerprint) a split missing from the store was deleted: the build writes it
+    again. Otherwise a missing split is named as missing, not as "other data"."""
+    held = sorted(store.split_names(complete_only=False))
+    lost = sorted(set(hashes) - set(held))
+    if old.dataset_fingerprint == meta.dataset_fingerprint:
+        for name in lost:
+            console.print(f"[yellow]repair[/]: split {name} is missing from store {store.path}: written again")
+        return sorted(hashes)
+    if lost:
+        raise StoreMismatchError(
+            f"split {', '.join(map(repr, lost))} is missing from store {store.path} and this data is not the data "
+            "the store was built from (its dataset fingerprint differs); rerun with that data to write the split "
+            "again, or build into a new --out")
+    return held
+
+
 def _build_checkpoint(store: LogitStore, ck: Checkpoint, cfg: BuildConfig,
-                      splits: dict[str, SplitData], tokenizer: Any) -> bool:
-    """Build one checkpoint's entry; returns False when it was already complete."""
+                      splits: dict[str, SplitData], tokenizer: Any, plan: Any = None) -> bool:
+    """Build one checkpoint's entry; returns False when it was already complete (and
+    undamaged: ``plan``, a verify.RepairPlan, lists the damaged parts to rewrite)."""
     wsha = weights_sha256(ck.path)
     if store.has_checkpoint(ck.name):
         old = store.checkpoint(ck.name)
@@ -273,6 +298,11 @@ def _build_checkpoint(store: LogitStore, ck: Checkpoint, cfg: BuildConfig,
                 "build into a new --out or rename the checkpoint folder"
             )
         if old.complete:
+            if plan is not None and plan.touches(ck.name):  # faults (issue 10): rewrite only the damage
+                from logitstore.repair import repair_checkpoint
+
+                repair_checkpoint(store, ck, old, cfg, splits, plan)
+                return True
             console.print(f"checkpoint [bold]{ck.name}[/]: complete, skipped")
             return False
     _check_teacher(ck, store.meta, tokenizer)

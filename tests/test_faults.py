@@ -117,3 +117,121 @@ def test_lock_lives_beside_the_store_and_readers_work_while_it_is_held(capsys, s
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+# ---------------------------------------------------------------------------- verify and repair
+def test_verify_a_clean_store(capsys, ref_store):
+    code, out = verify_cli(capsys, ref_store)
+    assert code == 0 and "no damage found" in out
+
+
+def test_deleted_logits_chunk_is_reported_and_repaired(capsys, store, ref_store, tiny_teachers, tiny_data):
+    from logitstore.verify import scan
+
+    (store / "checkpoints/checkpoint-10/train/logits/c/1/0").unlink()
+    code, out = verify_cli(capsys, store)
+    assert code == 1 and "damaged" in out
+    (bad,) = scan(store).damaged
+    assert (bad.kind, bad.name) == ("checkpoint", "checkpoint-10")
+    (d,) = bad.damage
+    assert (d.node, d.chunk, d.span, d.problem) == ("checkpoints/checkpoint-10/train/logits", 1, (32, 64),
+                                                    "chunk missing")
+    # info's structural check shows it damaged, not complete
+    assert main(["info", str(store)]) == 0
+    info = capsys.readouterr().out
+    assert "damaged checkpoint checkpoint-10" in info and "chunk 1 (32-64)" in info
+    # the student side fails as before
+    with pytest.raises(StoreCorruptError, match="missing chunks"):
+        open_store(store).read_logits("checkpoint-10", "train")
+    # a rerun rewrites exactly that block: the same bytes as the undamaged build
+    assert main(build_args(tiny_teachers, tiny_data, store)) == 0
+    assert "checkpoint-10: repaired 1 block" in " ".join(capsys.readouterr().err.split())
+    assert verify_cli(capsys, store)[0] == 0
+    assert_same_store(ref_store, store)
+
+
+def test_flipped_chunk_bytes_and_a_damaged_split_are_repaired(capsys, store, ref_store, tiny_teachers, tiny_data):
+    from logitstore.verify import scan
+
+    chunk = store / "checkpoints/checkpoint-20/validation/logits/c/0/0"
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    labels = store / "splits/test/labels/c/0"
+    labels.write_bytes(labels.read_bytes()[:-5])  # truncated
+    report = scan(store)
+    problems = {d.node: d.problem for e in report.damaged for d in e.damage}
+    assert problems == {"checkpoints/checkpoint-20/validation/logits": "chunk unreadable: checksum mismatch",
+                        "splits/test/labels": "chunk unreadable: checksum mismatch"}
+    assert scan(store, read=False).clean  # files are all there: only reading finds this
+    assert main(build_args(tiny_teachers, tiny_data, store)) == 0
+    capsys.readouterr()
+    assert verify_cli(capsys, store)[0] == 0
+    assert_same_store(ref_store, store)
+
+
+def test_halved_array_shape_is_one_line_and_repaired(capsys, store, ref_store, tiny_teachers, tiny_data):
+    meta_file = store / "checkpoints/checkpoint-10/train/logits/zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta["shape"][0] //= 2
+    meta_file.write_text(json.dumps(meta))
+    # the student side: one error, not an IndexError deep in a batch
+    with pytest.raises(StoreCorruptError, match="have 60 rows in their metadata but the entry has 120"):
+        open_store(store).read_logits("checkpoint-10", "train")
+    code, out = verify_cli(capsys, store)
+    assert code == 1 and "disagrees with the metadata" in " ".join(out.split())
+    assert main(build_args(tiny_teachers, tiny_data, store)) == 0  # the entry is rebuilt whole
+    capsys.readouterr()
+    assert_same_store(ref_store, store)
+
+
+def test_truncated_checkpoint_metadata(capsys, store, ref_store, tiny_teachers, tiny_data):
+    meta_file = store / "checkpoints/checkpoint-20/zarr.json"
+    meta_file.write_text(meta_file.read_text()[:60])
+    # readers: one line naming the store, pointing at verify and the repairing rerun
+    with pytest.raises(StoreCorruptError, match="logitstore verify"):
+        open_store(store).select("tll")
+    assert main(["info", str(store)]) == 0  # info lists it as damaged instead of failing
+    assert "damaged checkpoint checkpoint-20" in capsys.readouterr().out
+    # a build without that checkpoint cannot rebuild it: one line that says how
+    code, line = run_cli(capsys, *build_args(tiny_teachers / "checkpoint-10", tiny_data, store))
+    assert_one_line_error(code, line, "checkpoint 'checkpoint-20'", "is damaged", "among --teacher")
+    # with it, the entry is rebuilt
+    assert main(build_args(tiny_teachers, tiny_data, store)) == 0
+    capsys.readouterr()
+    assert open_store(store).checkpoint_names() == ["checkpoint-10", "checkpoint-20"]
+    assert_same_store(ref_store, store)
+
+
+def test_deleted_split_is_written_again_or_named_missing(capsys, store, ref_store, tiny_teachers, tiny_data,
+                                                         tmp_path):
+    shutil.rmtree(store / "splits/test")
+    other = write_csv_splits(tmp_path / "other", {"train": 120, "validation": 40, "test": 30}, seed=100)
+    code, line = run_cli(capsys, *build_args(tiny_teachers, other, store))
+    assert_one_line_error(code, line, "split 'test' is missing from store", "rerun with that data")
+    assert "built from other data" not in line
+    assert main(build_args(tiny_teachers, tiny_data, store)) == 0  # the store's own data: written again
+    capsys.readouterr()
+    assert_same_store(ref_store, store)
+
+
+def test_token_layout_damaged_chunk_is_repaired(capsys, tmp_path, ner_run, _env, _one_thread):
+    data = write_ner_splits(tmp_path / "ner", {"train": 60, "validation": 20})
+    ref, out = tmp_path / "ref.zarr", tmp_path / "out.zarr"
+    args = ["--task", "ner", "--chunk-rows", "8", "--threads", "1"]
+    assert main(["build", "--teacher", str(ner_run / "checkpoint-1"), "--data", str(data), "--out", str(ref), *args]) == 0
+    shutil.copytree(ref, out)
+    (out / "checkpoints/checkpoint-1/train/logits/c/0/0").unlink()
+    assert main(["build", "--teacher", str(ner_run / "checkpoint-1"), "--data", str(data), "--out", str(out), *args]) == 0
+    assert "repaired 8 blocks" in " ".join(capsys.readouterr().err.split())  # 60 rows / 8 per block
+    assert_same_store(ref, out)
+
+
+def test_block_ranges_of_a_token_chunk():
+    from logitstore.verify import block_ranges
+
+    offsets = np.array([0, 5, 9, 20, 22, 30, 31])  # 6 rows
+    assert block_ranges((0, 10), 2, 6, offsets) == [(0, 2), (2, 4)]  # tokens 0-9: rows 0-2
+    assert block_ranges((20, 30), 2, 6, offsets) == [(2, 4), (4, 6)]  # rows 3-4
+    assert block_ranges((30, 31), 4, 6, offsets) == [(4, 6)]
+    assert block_ranges((32, 64), 32, 120, None) == [(32, 64)]
