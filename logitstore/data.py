@@ -136,12 +136,21 @@ def _load_files(suffix: str, files: Sequence[Path], split: str, task: str = "seq
 
         records = [r for f in files for r in read_squad(f)]
         return datasets.Dataset.from_list(records)
+    # Faults (issue 10): CSV headers are checked for duplicate columns, words such as "NA" or
+    # "null" stay words, and unreadable files are named with their problem (logitstore/csvfiles.py).
+    from logitstore.csvfiles import check_header, csv_options, quiet_datasets, read_error
+
+    if builder == "csv":
+        for f in files:
+            check_header(f)
     try:
-        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
-    except Exception:
+        with quiet_datasets():
+            return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
+                                         **(csv_options() if builder == "csv" else {}))
+    except Exception as exc:
         if suffix != ".parquet" and all(len(f.read_text(errors="replace").strip().splitlines()) <= 1 for f in files):
             raise DataError(f"split {split!r} is empty ({', '.join(f.name for f in files)}); remove its file or add examples")
-        raise
+        raise read_error(exc, builder, files) from exc
 
 
 def _is_squad_json(path: Path) -> bool:

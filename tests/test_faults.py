@@ -235,3 +235,52 @@ def test_block_ranges_of_a_token_chunk():
     assert block_ranges((20, 30), 2, 6, offsets) == [(2, 4), (4, 6)]  # rows 3-4
     assert block_ranges((30, 31), 4, 6, offsets) == [(4, 6)]
     assert block_ranges((32, 64), 32, 120, None) == [(32, 64)]
+
+
+# ---------------------------------------------------------------------------- data files
+def _csv(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    return path
+
+
+def _load(path: Path):
+    from logitstore.data import DataConfig, load_splits
+
+    return load_splits(DataConfig(str(path)))
+
+
+def test_duplicate_csv_column_is_refused(tmp_path):
+    f = _csv(tmp_path / "d" / "train.csv", "text,text,label\n" + "good film,bad plot,positive\n" * 20)
+    with pytest.raises(DataError, match="names column 'text' twice") as info:
+        _load(f)
+    assert str(f) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_na_like_words_are_text(tmp_path):
+    words = ["NA", "null", "nan", "None", "N/A", "NULL"]
+    rows = "".join(f"{w},positive\n{w} film,negative\n" for w in words * 3)
+    splits = _load(_csv(tmp_path / "d" / "train.csv", "text,label\n" + rows))
+    texts = [t for ds in splits.values() for t in ds["text"]]
+    assert None not in texts and set(words) <= set(texts)
+
+
+def test_empty_csv_field_is_still_missing(tmp_path):
+    f = _csv(tmp_path / "d" / "train.csv", "text,label\n,positive\n" + "good film,negative\n" * 3)
+    assert None in [t for ds in _load(f).values() for t in ds["text"]]
+
+
+def test_non_utf8_csv_is_named(tmp_path):
+    f = _csv(tmp_path / "d" / "train.csv", b"text,label\n" + b"good film,positive\n" * 20 + b"caf\xe9 film,negative\n")
+    with pytest.raises(DataError) as info:
+        _load(f)
+    msg = str(info.value)
+    assert str(f) in msg and "is not UTF-8" in msg and "0xe9" in msg and "DatasetGenerationError" not in msg
+
+
+def test_ragged_csv_row_is_named(tmp_path):
+    f = _csv(tmp_path / "d" / "train.csv", "text,label\n" + "good film,positive\n" * 20 + "bad,negative,extra,more\n")
+    with pytest.raises(DataError) as info:
+        _load(f)
+    msg = str(info.value)
+    assert str(f) in msg and "Expected 2 fields in line 22, saw 4" in msg and "DatasetGenerationError" not in msg
