@@ -284,3 +284,35 @@ def test_ragged_csv_row_is_named(tmp_path):
         _load(f)
     msg = str(info.value)
     assert str(f) in msg and "Expected 2 fields in line 22, saw 4" in msg and "DatasetGenerationError" not in msg
+
+
+# ---------------------------------------------------------------------------- export cache
+def test_export_json_records_the_graph_and_is_written_atomically(tmp_path, _one_thread):
+    from logitstore.export import export_checkpoint
+
+    teacher = make_teacher(tmp_path / "t", seed=5, layers=1)
+    first = export_checkpoint(teacher, cache_dir=tmp_path / "cache")
+    entry = first.onnx_path.parent
+    info = json.loads((entry / "export.json").read_text())
+    assert info["onnx_bytes"] == first.onnx_path.stat().st_size and len(info["onnx_sha256"]) == 64
+    assert sorted(p.name for p in entry.iterdir()) == ["export.json", "model.onnx"]  # no temp file left
+    assert export_checkpoint(teacher, cache_dir=tmp_path / "cache").cached
+
+
+@pytest.mark.parametrize("damage", ["empty export.json", "invalid export.json", "truncated model.onnx"])
+def test_damaged_export_cache_entry_is_rebuilt(tmp_path, damage, _one_thread):
+    from logitstore.export import export_checkpoint, probe_inputs
+
+    teacher = make_teacher(tmp_path / "t", seed=5, layers=1)
+    first = export_checkpoint(teacher, cache_dir=tmp_path / "cache")
+    sample = probe_inputs(teacher, first.input_names)  # as a build passes: the graph is run
+    entry = first.onnx_path.parent
+    if damage == "empty export.json":
+        (entry / "export.json").write_text("")
+    elif damage == "invalid export.json":
+        (entry / "export.json").write_text('{"input_names": 3}')
+    else:
+        (entry / "model.onnx").write_bytes(first.onnx_path.read_bytes()[:1000])
+    again = export_checkpoint(teacher, sample, cache_dir=tmp_path / "cache")
+    assert not again.cached and again.parity_max_abs_err < 1e-3
+    assert export_checkpoint(teacher, sample, cache_dir=tmp_path / "cache").cached
