@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from logitstore import __version__
-from logitstore.checkpoints import Checkpoint, discover, weights_sha256
+from logitstore.checkpoints import Checkpoint, discover, read_config, weights_sha256
 from logitstore.data import (DEFAULT_COLUMNS, DataConfig, dataset_fingerprint, load_splits, resolve_labels,
                              resolve_tag_labels, tokenize_split, tokenizer_fingerprint)
 from logitstore.encode import encode
@@ -125,10 +125,12 @@ class BuildResult:
 
 def build_store(cfg: BuildConfig) -> BuildResult:
     """Build (or resume, or extend) the store at ``cfg.out``. Raises LogitStoreError subclasses."""
-    # Faults (issue 10): one build per store at a time (a lock beside it, logitstore/lock.py).
+    # Faults (issue 10): one build per store at a time (a lock beside it, logitstore/lock.py),
+    # and a full disk or a folder it may not write ends in one line, not a traceback.
     from logitstore.lock import exclusive
+    from logitstore.oserrors import writing
 
-    with exclusive(cfg.out, what="build"):
+    with writing(cfg.out), exclusive(cfg.out, what="build"):
         return _build_store(cfg)
 
 
@@ -137,14 +139,16 @@ def _build_store(cfg: BuildConfig) -> BuildResult:
     ckpts = discover(list(cfg.teachers)) if cfg.teachers else []
     _check_tasks(ckpts, cfg.task, cfg.out)
     tok_dir = Path(cfg.tokenizer) if cfg.tokenizer is not None else _tokenizer_folder(ckpts)
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    # faults (issue 10): the config first (a one-line error for one that needs custom code), and
+    # never run or offer to run code from the folder (transformers would prompt y/N otherwise)
+    model_cfg = read_config(ckpts[0].path) if ckpts else None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(f"cannot load a tokenizer from {tok_dir} ({type(exc).__name__}); "
                               "pass a folder with tokenizer files") from exc
-    model_cfg = AutoConfig.from_pretrained(ckpts[0].path) if ckpts else None
     if cfg.labels:
         names: list[str] | None = list(cfg.labels)
     else:
@@ -342,9 +346,9 @@ def _build_checkpoint(store: LogitStore, ck: Checkpoint, cfg: BuildConfig,
 
 
 def _check_teacher(ck: Checkpoint, meta: StoreMeta, tokenizer: Any) -> None:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    cfg = AutoConfig.from_pretrained(ck.path)  # its task was checked against the store's by _check_tasks
+    cfg = read_config(ck.path)  # its task was checked against the store's by _check_tasks
     if meta.task == "question-answering":
         if cfg.num_labels != 2:
             raise StoreMismatchError(f"checkpoint {ck.name} has {cfg.num_labels} outputs per token; "
@@ -361,7 +365,7 @@ def _check_teacher(ck: Checkpoint, meta: StoreMeta, tokenizer: Any) -> None:
             "(names and order must match); use a teacher trained on the store's labels or a new --out"
         )
     if (ck.path / "tokenizer_config.json").exists() or (ck.path / "tokenizer.json").exists():
-        fp = tokenizer_fingerprint(AutoTokenizer.from_pretrained(ck.path))
+        fp = tokenizer_fingerprint(AutoTokenizer.from_pretrained(ck.path, trust_remote_code=False))
         if fp != meta.tokenizer_fingerprint:
             raise StoreMismatchError(
                 f"checkpoint {ck.name} has another tokenizer than the store; use one teacher family per store"

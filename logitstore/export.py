@@ -68,8 +68,9 @@ def load_model(folder: Path, task: str = "sequence-classification") -> Any:
         model = auto_model_class(task).from_pretrained(
             folder, attn_implementation="eager", use_safetensors=True, trust_remote_code=False)
     except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]  # faults (issue 10): one line
         raise CheckpointError(
-            f"cannot load {folder} as a {task} checkpoint ({type(exc).__name__}: {exc}); "
+            f"cannot load {folder} as a {task} checkpoint ({type(exc).__name__}: {first}); "
             "pass a folder saved by save_pretrained"
         ) from exc
     return model.eval()
@@ -98,7 +99,7 @@ def probe_inputs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndar
     """Two padded batches of built-in sentences, tokenized by the checkpoint's tokenizer."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)  # faults (issue 10): never prompt
     out = []
     for texts in (PROBE_TEXTS[:2], PROBE_TEXTS):
         enc = tok(list(texts), padding=True, truncation=True, max_length=128, return_tensors="np",

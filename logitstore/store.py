@@ -127,6 +127,9 @@ class LogitStore:
         path = str(path)
         if "://" not in path and not Path(path).exists():
             raise StoreCorruptError(f"no store at {path}; build one with `logitstore build --out {path}`")
+        if "://" not in path and not (Path(path) / "zarr.json").exists():  # faults (issue 10): not "corrupt"
+            raise StoreCorruptError(f"{path} is not a logit store (no zarr.json in it); pass the folder that "
+                                    "`logitstore build --out` wrote")
         with _reading(path, "the root metadata"):
             root = zarr.open_group(path, mode=mode)
             data = root.attrs.get(ATTR)

@@ -316,3 +316,87 @@ def test_damaged_export_cache_entry_is_rebuilt(tmp_path, damage, _one_thread):
     again = export_checkpoint(teacher, sample, cache_dir=tmp_path / "cache")
     assert not again.cached and again.parity_max_abs_err < 1e-3
     assert export_checkpoint(teacher, sample, cache_dir=tmp_path / "cache").cached
+
+
+# ---------------------------------------------------------------------------- one-line errors
+def _fail_chunk_writes(monkeypatch, err: OSError) -> None:
+    """Make every chunk write of a local zarr store fail with ``err``."""
+    from zarr.storage import LocalStore
+
+    real = LocalStore.set
+
+    async def failing(self, key, value):
+        if "/c/" in key:
+            raise err
+        return await real(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", failing)
+
+
+def test_disk_full_during_a_build_is_one_line_and_resumes(capsys, monkeypatch, ref_store, tiny_teachers,
+                                                         tiny_data, tmp_path):
+    out = tmp_path / "s.zarr"
+    _fail_chunk_writes(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    code, line = run_cli(capsys, *build_args(tiny_teachers, tiny_data, out))
+    assert_one_line_error(code, line, "disk full writing store", "free space and rerun")
+    monkeypatch.undo()
+    assert run_cli(capsys, *build_args(tiny_teachers, tiny_data, out))[0] == 0
+    assert_same_store(ref_store, out)
+
+
+def test_read_only_out_folder_is_one_line(capsys, monkeypatch, tiny_teachers, tiny_data, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: make the lock file creation fail as it would
+        import filelock
+
+        def denied(self, *a, **k):
+            raise PermissionError(errno.EACCES, "Permission denied", self.lock_file)
+
+        monkeypatch.setattr(filelock.FileLock, "acquire", denied)
+    else:
+        ro.chmod(0o500)
+    try:
+        code, line = run_cli(capsys, *build_args(tiny_teachers, tiny_data, ro / "s.zarr"))
+    finally:
+        ro.chmod(0o700)
+    assert_one_line_error(code, line, "cannot write store", "permission denied", "another --out")
+
+
+def test_rerun_on_a_read_only_store_is_one_line(capsys, monkeypatch, store, tiny_teachers, tiny_data):
+    (store / "checkpoints/checkpoint-10/train/logits/c/1/0").unlink()  # something to write
+    if os.geteuid() == 0:
+        _fail_chunk_writes(monkeypatch, PermissionError(errno.EACCES, "Permission denied"))
+    else:
+        for p in [store, *store.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~0o222)
+    try:
+        code, line = run_cli(capsys, *build_args(tiny_teachers, tiny_data, store))
+    finally:
+        for p in [store, *store.rglob("*")]:
+            p.chmod(p.stat().st_mode | 0o200)
+    assert_one_line_error(code, line, "cannot write store", "permission denied", "chmod -R u+w")
+
+
+def test_config_that_needs_custom_code_is_one_line(capsys, tiny_data, tmp_path):
+    teacher = make_teacher(tmp_path / "custom", seed=6, layers=1)
+    cfg = json.loads((teacher / "config.json").read_text())
+    cfg |= {"model_type": "my-own-bert", "auto_map": {"AutoConfig": "configuration_x.XConfig",
+                                                      "AutoModelForSequenceClassification": "modeling_x.XModel"}}
+    (teacher / "config.json").write_text(json.dumps(cfg))
+    code, line = run_cli(capsys, *build_args(teacher, tiny_data, tmp_path / "s.zarr"))
+    assert_one_line_error(code, line, "needs its own code", "auto_map", "'my-own-bert'", "trust_remote_code")
+
+
+def test_not_a_logit_store(capsys, tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("hi")
+    code, line = run_cli(capsys, "info", str(plain))
+    assert_one_line_error(code, line, "is not a logit store", "logitstore build --out")
+    assert "corrupt" not in line and "rerun" not in line
+    from students.cli import main as students_main
+
+    assert students_main(["train", "--store", str(plain), "--out", str(tmp_path / "student")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "is not a logit store" in line
