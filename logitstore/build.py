@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from logitstore import __version__
-from logitstore.checkpoints import Checkpoint, discover, weights_sha256
+from logitstore.checkpoints import Checkpoint, discover, read_config, weights_sha256
 from logitstore.data import DataConfig, dataset_fingerprint, load_splits, tokenize_split, tokenizer_fingerprint
 from logitstore.encode import encode
 from logitstore.format import ENCODINGS
@@ -110,20 +110,32 @@ class BuildResult:
 
 def build_store(cfg: BuildConfig) -> BuildResult:
     """Build (or resume, or extend) the store at ``cfg.out``. Raises LogitStoreError subclasses."""
+    # Faults (issue 10): one build per store at a time (a lock beside it, logitstore/lock.py),
+    # and a full disk or a folder it may not write ends in one line, not a traceback.
+    from logitstore.lock import exclusive
+    from logitstore.oserrors import writing
+
+    with writing(cfg.out), exclusive(cfg.out, what="build"):
+        return _build_store(cfg)
+
+
+def _build_store(cfg: BuildConfig) -> BuildResult:
     t0 = time.perf_counter()
     ckpts = discover(list(cfg.teachers)) if cfg.teachers else []
     task = cfg.task_def
     _check_tasks(ckpts, task, cfg.out)
     tok_dir = Path(cfg.tokenizer) if cfg.tokenizer is not None else _tokenizer_folder(ckpts)
     tok_files = _tokenizer_files(tok_dir)  # refuses links before any work is done
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    # faults (issue 10): the config first (a one-line error for one that needs custom code), and
+    # never run or offer to run code from the folder (transformers would prompt y/N otherwise)
+    model_cfg = read_config(ckpts[0].path) if ckpts else None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(f"cannot load a tokenizer from {tok_dir} ({type(exc).__name__}); "
                               "pass a folder with tokenizer files") from exc
-    model_cfg = AutoConfig.from_pretrained(ckpts[0].path) if ckpts else None
     if cfg.labels:
         names: list[str] | None = list(cfg.labels)
     else:
@@ -144,16 +156,22 @@ def build_store(cfg: BuildConfig) -> BuildResult:
         pad_token_id=int(tokenizer.pad_token_id or 0),
         stride=cfg.stride if task.uses_stride else None,
     )
+    # Faults (issue 10): entries with unreadable metadata are dropped and written again, and a
+    # full check of what would be skipped finds damaged splits and blocks to rewrite (repair.py).
+    from logitstore.repair import drop_unreadable, find_damage
+
+    drop_unreadable(cfg.out, meta, [c.name for c in ckpts])
     store = _open_or_create(cfg.out, meta, hashes)
+    plan = find_damage(store, splits, [c.name for c in ckpts])
     for name, data in splits.items():
-        if not store.has_split(name) or not store.split_meta(name).complete:
+        if not store.has_split(name) or not store.split_meta(name).complete or name in plan.splits:
             store.write_split(data, hashes[name])
     store.write_tokenizer(tok_dir, tok_files)
     console.print(f"store [bold]{cfg.out}[/]: " + ", ".join(f"{n} {len(d):,} rows" for n, d in splits.items()))
 
     built, skipped = [], []
     for ck in ckpts:
-        if _build_checkpoint(store, ck, cfg, splits, tokenizer):
+        if _build_checkpoint(store, ck, cfg, splits, tokenizer, plan):
             built.append(ck.name)
         else:
             skipped.append(ck.name)
@@ -233,7 +251,7 @@ def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> Stor
               ("label column", old.label_column, meta.label_column),
               ("max length", old.max_length, meta.max_length),
               ("validation split", old.validation_split, meta.validation_split),
-              ("splits", sorted(store.split_names(complete_only=False)), sorted(hashes))]
+              ("splits", _held_splits(store, old, meta, hashes), sorted(hashes))]
     diffs = [f"{what} ({a} in the store, {b} now)" if what not in ("tokenizer",) else "tokenizer"
              for what, a, b in checks if a != b]
     for name, sha in hashes.items():
@@ -247,9 +265,28 @@ def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> Stor
     return store
 
 
+def _held_splits(store: StoreWriter, old: StoreMeta, meta: StoreMeta, hashes: dict[str, str]) -> Any:
+    """Faults (issue 10): the store's splits for the mismatch check. With the store's own data
+    (same dataset fingerprint) a split missing from the store was deleted: the build writes it
+    again. Otherwise a missing split is named as missing, not as "other data"."""
+    held = sorted(store.split_names(complete_only=False))
+    lost = sorted(set(hashes) - set(held))
+    if old.dataset_fingerprint == meta.dataset_fingerprint:
+        for name in lost:
+            console.print(f"[yellow]repair[/]: split {name} is missing from store {store.path}: written again")
+        return sorted(hashes)
+    if lost:
+        raise StoreMismatchError(
+            f"split {', '.join(map(repr, lost))} is missing from store {store.path} and this data is not the data "
+            "the store was built from (its dataset fingerprint differs); rerun with that data to write the split "
+            "again, or build into a new --out")
+    return held
+
+
 def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
-                      splits: dict[str, SplitData], tokenizer: Any) -> bool:
-    """Build one checkpoint's entry; returns False when it was already complete."""
+                      splits: dict[str, SplitData], tokenizer: Any, plan: Any = None) -> bool:
+    """Build one checkpoint's entry; returns False when it was already complete (and
+    undamaged: ``plan``, a verify.RepairPlan, lists the damaged parts to rewrite)."""
     wsha = weights_sha256(ck.path)
     if store.has_checkpoint(ck.name):
         old = store.checkpoint(ck.name)
@@ -259,6 +296,11 @@ def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
                 "build into a new --out or rename the checkpoint folder"
             )
         if old.complete:
+            if plan is not None and plan.touches(ck.name):  # faults (issue 10): rewrite only the damage
+                from logitstore.repair import repair_checkpoint
+
+                repair_checkpoint(store, ck, old, cfg, splits, plan)
+                return True
             console.print(f"checkpoint [bold]{ck.name}[/]: complete, skipped")
             return False
     task = get_task(store.meta.task)
@@ -298,15 +340,15 @@ def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
 
 
 def _check_teacher(ck: Checkpoint, meta: StoreMeta, task: Task, tokenizer: Any) -> None:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    cfg = AutoConfig.from_pretrained(ck.path)  # its task was checked against the store's by _check_tasks
+    cfg = read_config(ck.path)  # its task was checked against the store's by _check_tasks
     problem = task.teacher_problem(cfg.num_labels, [cfg.id2label[i] for i in range(cfg.num_labels)],
                                    list(meta.label_names))
     if problem:
         raise StoreMismatchError(f"checkpoint {ck.name} {problem}")
     if (ck.path / "tokenizer_config.json").exists() or (ck.path / "tokenizer.json").exists():
-        fp = tokenizer_fingerprint(AutoTokenizer.from_pretrained(ck.path))
+        fp = tokenizer_fingerprint(AutoTokenizer.from_pretrained(ck.path, trust_remote_code=False))
         if fp != meta.tokenizer_fingerprint:
             raise StoreMismatchError(
                 f"checkpoint {ck.name} has another tokenizer than the store; use one teacher family per store"

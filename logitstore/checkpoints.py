@@ -10,6 +10,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from logitstore.errors import CheckpointError
 from logitstore.util import update_from_file
@@ -80,3 +81,33 @@ def weights_sha256(folder: Path) -> str:
         h.update(f.name.encode())
         update_from_file(h, f)
     return h.hexdigest()
+
+
+def read_config(folder: Path) -> Any:
+    """The checkpoint's transformers config, read without running any code from the folder.
+
+    Faults (issue 10): a config that needs custom code (``auto_map`` with a model_type
+    transformers does not know) or cannot be parsed is a one-line CheckpointError, not a
+    traceback from deep inside transformers."""
+    import json
+
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - transformers raises ValueError, KeyError, OSError...
+        try:
+            raw = json.loads((Path(folder) / "config.json").read_text())
+        except (OSError, ValueError):
+            raw = None
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{folder}/config.json is not a JSON object; pass a folder saved by "
+                                  "save_pretrained") from exc
+        if raw.get("auto_map"):
+            raise CheckpointError(
+                f"{folder} needs its own code (config.json has auto_map, model_type {raw.get('model_type')!r}), and "
+                "logitstore never runs code from a checkpoint (trust_remote_code stays off); use a checkpoint of a "
+                "transformers architecture") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"cannot read the config of {folder} ({type(exc).__name__}: {first}); pass a folder "
+                              "saved by save_pretrained with a transformers model_type") from exc

@@ -123,12 +123,21 @@ def _load_files(suffix: str, files: Sequence[Path], split: str, task: Task) -> A
         hint = f" ({suffix} files: {', '.join(readers)} only, --task {readers[0]})" if readers else ""
         raise DataError(f"unsupported data file type {suffix!r} for {task.name}; use .csv, .json, .jsonl or "
                         f".parquet{hint}")
+    # Faults (issue 10): CSV headers are checked for duplicate columns, words such as "NA" or
+    # "null" stay words, and unreadable files are named with their problem (logitstore/csvfiles.py).
+    from logitstore.csvfiles import check_header, csv_options, quiet_datasets, read_error
+
+    if builder == "csv":
+        for f in files:
+            check_header(f)
     try:
-        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
-    except Exception:
+        with quiet_datasets():
+            return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
+                                         **(csv_options() if builder == "csv" else {}))
+    except Exception as exc:
         if suffix != ".parquet" and all(len(f.read_text(errors="replace").strip().splitlines()) <= 1 for f in files):
             raise DataError(f"split {split!r} is empty ({', '.join(f.name for f in files)}); remove its file or add examples")
-        raise
+        raise read_error(exc, builder, files) from exc
 
 
 def _seeded_split(dd: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:

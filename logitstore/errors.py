@@ -49,6 +49,16 @@ class NoCheckpointError(LogitStoreError, LookupError):
     """The store has no complete checkpoint matching the request (name, ths or tll)."""
 
 
+# Faults (issue 10): a second writer on a locked store, and OS failures while writing
+# (disk full, read-only folder). See logitstore/lock.py and logitstore/oserrors.py.
+class StoreLockedError(LogitStoreError, BlockingIOError):
+    """Another process holds the write lock of the store (or sweep folder)."""
+
+
+class StoreWriteError(LogitStoreError, OSError):
+    """Writing failed for a reason outside the program: disk full, no permission, read-only."""
+
+
 def run_cli(run: Callable[[Any], int], args: Any, errors: type[BaseException] | tuple[type[BaseException], ...],
             interrupted: str = "interrupted") -> int:
     """Run a command-line entry point: ``errors`` become one ``error: ...`` line and exit

@@ -69,8 +69,9 @@ def load_model(folder: Path, task: Task) -> Any:
         model = task.model_class().from_pretrained(
             folder, attn_implementation="eager", use_safetensors=True, trust_remote_code=False)
     except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]  # faults (issue 10): one line
         raise CheckpointError(
-            f"cannot load {folder} as a {task.name} checkpoint ({type(exc).__name__}: {exc}); "
+            f"cannot load {folder} as a {task.name} checkpoint ({type(exc).__name__}: {first}); "
             "pass a folder saved by save_pretrained"
         ) from exc
     return model.eval()
@@ -99,7 +100,7 @@ def probe_inputs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndar
     """Two padded batches of built-in sentences, tokenized by the checkpoint's tokenizer."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)  # faults (issue 10): never prompt
     out = []
     for texts in (PROBE_TEXTS[:2], PROBE_TEXTS):
         enc = tok(list(texts), padding=True, truncation=True, max_length=128, return_tensors="np",
@@ -128,8 +129,8 @@ def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None =
     target = (cache_dir or cache_root() / "onnx") / key
     onnx_path, info_path = target / "model.onnx", target / "export.json"
     model = None
-    if onnx_path.exists() and info_path.exists():
-        info = json.loads(info_path.read_text())
+    info = _cached_info(onnx_path, info_path)  # faults (issue 10): None when missing or damaged
+    if info is not None:
         names = tuple(info["input_names"])
         cached = True
     else:
@@ -143,9 +144,10 @@ def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None =
         sample = probe_inputs(folder, names)
     model = model if model is not None else load_model(folder, task)
     err = parity_error(model, make_session(onnx_path, "cpu").session, sample, names, task)
-    if not cached:
-        info_path.write_text(json.dumps({"input_names": list(names), "parity_max_abs_err": err,
-                                         "weights_sha256": wsha, "source": str(folder)}))
+    if not cached:  # faults (issue 10): atomically, with the graph's size and sha256 to check it on reuse
+        _write_json(info_path, {"input_names": list(names), "parity_max_abs_err": err, "weights_sha256": wsha,
+                                "source": str(folder), "onnx_bytes": onnx_path.stat().st_size,
+                                "onnx_sha256": _sha256(onnx_path)})
     if not err <= tolerance:
         raise ExportError(
             f"ONNX export of {folder} differs from PyTorch by {err:.3g} (> tolerance {tolerance:g}); "
@@ -192,3 +194,42 @@ def parity_error(model: Any, session: Any, sample: list[dict[str, np.ndarray]], 
         diff = np.where(same_nonfinite, 0.0, np.abs(got - ref))  # NaN where only one side is NaN
         err = max(err, float(np.nan_to_num(diff, nan=np.inf).max()))
     return err
+
+
+# ---------------------------------------------------------------------------- faults (issue 10)
+# A cache entry is reused only when whole: export.json is written last and atomically, and
+# records the graph's size and sha256. A damaged entry (empty or invalid export.json, a
+# truncated model.onnx) counts as missing and is exported again, instead of failing every
+# later build until someone deletes the cache by hand.
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _cached_info(onnx_path: Path, info_path: Path) -> dict[str, Any] | None:
+    """The cache entry's export.json when the entry is whole, else None (export again)."""
+    try:
+        info = json.loads(info_path.read_text())
+        size = onnx_path.stat().st_size
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(info, dict) and isinstance(info.get("input_names"), list)
+            and isinstance(info.get("parity_max_abs_err"), (int, float))):
+        return None
+    if "onnx_bytes" in info:  # written by this version: size and content must match
+        return info if size == info["onnx_bytes"] and _sha256(onnx_path) == info.get("onnx_sha256") else None
+    try:  # an older entry: whole if ONNX Runtime can load it
+        make_session(onnx_path, "cpu")
+    except Exception:  # noqa: BLE001 - any load failure means a damaged graph
+        return None
+    return info

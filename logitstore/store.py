@@ -57,9 +57,9 @@ def _reading(path: str, what: str) -> Iterator[None]:
     except LogitStoreError:
         raise
     except Exception as exc:  # zarr, numcodecs and JSON errors have no common base
-        raise StoreCorruptError(
-            f"cannot read {what} of store {path} ({type(exc).__name__}: {exc}); "
-            "the store is corrupt or truncated: rebuild it (or rerun the build to resume)"
+        raise StoreCorruptError(  # faults (issue 10): point at verify and the repairing rerun
+            f"cannot read {what} of store {path} ({type(exc).__name__}: {exc}); the store is corrupt or "
+            f"truncated: `logitstore verify {path}` says what is damaged, and rerunning the build repairs it"
         ) from exc
 
 
@@ -125,6 +125,9 @@ class LogitStore:
         path = str(path)
         if "://" not in path and not Path(path).exists():
             raise StoreCorruptError(f"no store at {path}; build one with `logitstore build --out {path}`")
+        if "://" not in path and not (Path(path) / "zarr.json").exists():  # faults (issue 10): not "corrupt"
+            raise StoreCorruptError(f"{path} is not a logit store (no zarr.json in it); pass the folder that "
+                                    "`logitstore build --out` wrote")
         with _reading(path, "the root metadata"):
             root = zarr.open_group(path, mode=cls._MODE)
             data = root.attrs.get(ATTR)
@@ -166,6 +169,9 @@ class LogitStore:
                       "contexts": _read_texts(g, "context"), "answers": _read_answers(g)}
         whole = (
             len(offsets) == meta.rows + 1 and len(ids) == meta.tokens and offsets[0] == 0
+            # faults (issue 10): per-row arrays must have the split's rows too (a halved shape)
+            and len(example_ids) == meta.rows and len(labels) == (meta.tokens if labels.ndim == 1 and
+                                                                  self.meta.task == "token-classification" else meta.rows)
             and offsets[-1] == meta.tokens and bool((np.diff(offsets) > 0).all())
             and bool((ids >= 0).all()) and bool(((labels >= 0) | (labels == IGNORE)).all())
             and bool((example_ids >= 0).all())
@@ -173,7 +179,8 @@ class LogitStore:
         )
         if not whole:
             raise StoreCorruptError(
-                f"split {name!r} of store {self.path} is truncated or has missing chunks; rebuild the store"
+                f"split {name!r} of store {self.path} is truncated or has missing chunks; rerun the build to repair "
+                f"it (`logitstore verify {self.path}` shows the damage)"  # faults (issue 10): repairable now
             )
         return SplitData(name, ids, offsets, labels, example_ids, tt, **qa)
 
@@ -304,12 +311,21 @@ class LogitStore:
             )
         with _reading(self.path, f"logits of {checkpoint}/{split}"):
             sg = self._root[f"checkpoints/{checkpoint}/{split}"]
+            # faults (issue 10): a shape that disagrees with the metadata (a damaged zarr.json) is
+            # corrupt, not an IndexError in the reader later
+            length = self.split_meta(split).tokens if self.meta.layout == "token" else meta.rows
+            if sg["logits"].shape[0] != length:
+                raise StoreCorruptError(
+                    f"logits of {checkpoint}/{split} in store {self.path} have {sg['logits'].shape[0]:,} rows in "
+                    f"their metadata but the entry has {length:,}; the store is damaged: `logitstore verify "
+                    f"{self.path}` says what else is, and rerunning the build repairs it")
             values = sg["logits"][start:stop]
             scale = sg["scale"][start:stop] if "scale" in sg else None
         out = decode(values, scale)
         if not np.isfinite(out).all():
             raise StoreCorruptError(
-                f"logits of {checkpoint}/{split} in store {self.path} have missing chunks; rebuild the store"
+                f"logits of {checkpoint}/{split} in store {self.path} have missing chunks; rerun the build to repair "
+                f"them (`logitstore verify {self.path}` shows the damage)"  # faults (issue 10): repairable now
             )
         return out
 

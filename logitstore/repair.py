@@ -1,0 +1,183 @@
+"""The build's side of a repair: rewrite exactly what logitstore/verify.py found damaged.
+
+A rerun of ``logitstore build`` on an existing store, before it skips anything as complete:
+
+1. :func:`drop_unreadable` removes split and checkpoint entries whose own metadata cannot
+   be read (listing the store would fail on them), when this build will write them again:
+   a split only when the build's data is the store's (same dataset fingerprint, tokenizer,
+   labels), a checkpoint only when it is one of the build's ``--teacher`` checkpoints.
+2. :func:`find_damage` runs the full check (verify.repair_plan) over the splits and the
+   build's checkpoints; the build rewrites each damaged split from its tokenized data.
+3. :func:`repair_checkpoint` recomputes, for a complete checkpoint, exactly the damaged
+   blocks (a block = the ``chunk_rows`` rows a build writes at once, so the bytes equal an
+   undamaged build's with the same options) and rebuilds whole the logits entries whose
+   metadata or shape is damaged. The entry stays complete; readers see the damaged chunk
+   (an error) until its block is written again, never a half-written one.
+
+Local stores only (the build writes local folders).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from logitstore.errors import LogitStoreError, ProviderError, StoreCorruptError, TeacherOutputError
+from logitstore.format import CheckpointMeta, SplitMeta, StoreMeta
+from logitstore.progress import console
+from logitstore.tasks import get_task
+from logitstore.verify import RepairPlan, _sync, children, node_unreadable, raw_store, repair_plan
+
+_GROUP_JSON = json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}, indent=2)
+
+
+def _same_data(old: StoreMeta, new: StoreMeta) -> bool:
+    """True when a build of ``new`` writes exactly what the store of ``old`` was built from."""
+    keys = ("task", "dataset_fingerprint", "tokenizer_fingerprint", "label_names", "validation_split", "stride")
+    return all(getattr(old, k) == getattr(new, k) for k in keys)
+
+
+def drop_unreadable(path: Path, meta: StoreMeta, checkpoints: Iterable[str]) -> list[str]:
+    """Remove the entries of the store at ``path`` whose metadata is unreadable and that this
+    build (data ``meta``, ``checkpoints``) writes again; returns what was removed. Raises
+    StoreCorruptError naming an unreadable entry this build cannot write again."""
+    from logitstore.store import open_store
+
+    if not (Path(path) / "zarr.json").is_file():
+        return []
+    try:
+        old = open_store(path).meta
+    except LogitStoreError:
+        return []  # opening the store reports an unreadable root
+    raw = raw_store(path, writable=True)
+    same = _same_data(old, meta)
+    names = set(checkpoints)
+    dropped: list[str] = []
+    for group in ("splits", "checkpoints"):
+        if node_unreadable(raw, group) and same:  # no attributes of its own: write it again
+            tmp = Path(path) / group / f".zarr.json.{os.getpid()}.tmp"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(_GROUP_JSON)
+            os.replace(tmp, Path(path) / group / "zarr.json")
+            dropped.append(f"{group} (group metadata rewritten)")
+    entries = (("split", "splits", lambda n: same, SplitMeta.from_dict),
+               ("checkpoint", "checkpoints", lambda n: n in names, CheckpointMeta.from_dict))
+    for kind, group, ok, parse in entries:
+        if node_unreadable(raw, group):
+            raise StoreCorruptError(f"the {group} group of store {path} is unreadable and this build's data is not "
+                                    "the store's; rerun with the data the store was built from, or build a new --out")
+        for n in children(raw, group):
+            why = node_unreadable(raw, f"{group}/{n}", parse)
+            if not why:
+                continue
+            if not (ok(n) and same):
+                fix = (f"rerun the build with that checkpoint among --teacher to rebuild it" if kind == "checkpoint"
+                       else "rerun with the data the store was built from to rewrite it")
+                raise StoreCorruptError(f"{kind} {n!r} of store {path} is damaged ({why}); {fix}, or build into a "
+                                        "new --out")
+            _sync(raw.delete_dir(f"{group}/{n}"))
+            dropped.append(f"{kind} {n}")
+    for d in dropped:
+        console.print(f"[yellow]repair[/]: {d} had unreadable metadata: written again by this build")
+    return dropped
+
+
+def find_damage(store: Any, splits: dict[str, Any], checkpoints: Iterable[str]) -> RepairPlan:
+    """Full check of the splits and the given checkpoints of an existing ``store``; prints
+    what is damaged and returns what the build rewrites."""
+    plan = repair_plan(store.path, {n: d.offsets for n, d in splits.items()}, checkpoints)
+    assert plan.report is not None
+    for e in plan.report.damaged:
+        if e.kind in ("split", "checkpoint"):
+            what = f"{len(e.damage)} damaged part{'s' * (len(e.damage) != 1)}, first: {e.damage[0]}"
+            console.print(f"[yellow]repair[/]: {e.kind} {e.name}: {what}")
+    return plan
+
+
+def _session(onnx_path: Path, recorded: str, cfg: Any) -> Any:
+    """A session on the provider that computed the entry (when --provider is auto), so the
+    rewritten blocks match the rest; any working provider if that one is not here."""
+    from logitstore.infer import make_session
+
+    if cfg.provider == "auto" and recorded:
+        try:
+            return make_session(onnx_path, recorded.lower(), cfg.threads)
+        except ProviderError:
+            console.print(f"[yellow]repair[/]: provider {recorded} is not available here; the repaired blocks may "
+                          "differ from the others within the parity tolerance")
+    return make_session(onnx_path, cfg.provider, cfg.threads)
+
+
+def repair_checkpoint(store: Any, ck: Any, meta: CheckpointMeta, cfg: Any, splits: dict[str, Any],
+                      plan: RepairPlan) -> int:
+    """Rewrite the damaged blocks and entries ``plan`` lists for the complete checkpoint
+    ``ck`` (store entry ``meta``); returns the number of blocks computed."""
+    from logitstore.export import export_checkpoint
+
+    task = get_task(store.meta.task)
+    exp = export_checkpoint(ck.path, None, cfg.parity_tolerance, weights_sha=meta.weights_sha256, task=task)
+    session = _session(exp.onnx_path, meta.provider, cfg)
+    raw = raw_store(store.path, writable=True)
+    per_token = store.meta.layout == "token"
+    whole = plan.entries.get(ck.name, frozenset())
+    done = 0
+    for split in sorted(whole):
+        data = splits[split]
+        _sync(raw.delete_dir(f"checkpoints/{ck.name}/{split}"))
+        store.prepare_logits(ck.name, split, len(data), store.meta.num_labels, meta.encoding, cfg.chunk_rows,
+                             tokens=int(data.offsets[-1]) if per_token else None)
+        ranges = [(s, min(s + cfg.chunk_rows, len(data))) for s in range(0, len(data), cfg.chunk_rows)]
+        done += _write_blocks(store, ck.name, data, session, cfg, meta.encoding, ranges, keep_complete=False)
+    assert plan.report is not None
+    damaged = next((e for e in plan.report.damaged if e.kind == "checkpoint" and e.name == ck.name), None)
+    for split, ranges in sorted(plan.blocks.get(ck.name, {}).items()):
+        # Drop the damaged chunks first: a block that covers a chunk only in part (token layout)
+        # makes zarr read the chunk to update it, and a damaged one cannot be read.
+        for d in damaged.damage if damaged else []:
+            if d.chunk is not None and d.node.split("/")[2] == split:
+                _delete_chunk(raw, store, d.node, d.chunk)
+        done += _write_blocks(store, ck.name, splits[split], session, cfg, meta.encoding, ranges, keep_complete=True)
+    val = store.meta.validation_split
+    if val in whole or val in plan.blocks.get(ck.name, {}):  # its loss and score come from these logits
+        scores = task.scores(store.read_logits(ck.name, val), splits[val], store.meta.label_names)
+        store.put_checkpoint(replace(meta, val_loss=scores["loss"], val_score=scores[meta.metric],
+                                     val_scores={k: v for k, v in scores.items() if k != "loss"}))
+    console.print(f"checkpoint [bold]{ck.name}[/]: repaired {done} block{'s' * (done != 1)}"
+                  + (f" ({', '.join(sorted(whole))} rebuilt whole)" if whole else ""))
+    return done
+
+
+def _delete_chunk(raw: Any, store: Any, node: str, chunk: int) -> None:
+    from itertools import product
+
+    from logitstore.verify import _array
+
+    arr = _array(raw, node)
+    for rest in product(*(range(n) for n in arr.cdata_shape[1:])):
+        _sync(raw.delete(f"{node}/{arr.metadata.encode_chunk_key((chunk, *rest))}"))
+
+
+def _write_blocks(store: Any, ckpt: str, data: Any, session: Any, cfg: Any, encoding: str,
+                  ranges: list[tuple[int, int]], keep_complete: bool) -> int:
+    """Compute and write the row ranges ``ranges`` of one split, as the build writes its
+    blocks. ``keep_complete``: the entry is complete already (its progress stays as is)."""
+    from logitstore.encode import encode
+    from logitstore.infer import infer_rows
+
+    per_token = store.meta.layout == "token"
+    for start, stop in ranges:
+        rows = np.arange(start, stop)
+        logits = infer_rows(session, data.input_ids, data.offsets, data.token_type_ids, rows,
+                            store.meta.pad_token_id, cfg.token_budget, per_token=per_token)
+        if not np.isfinite(logits).all():
+            raise TeacherOutputError(f"checkpoint {ckpt} gave NaN or inf logits on split {data.name!r} while "
+                                     "repairing it; check its weights")
+        first = int(data.offsets[start]) if per_token else start
+        store.write_logits_block(ckpt, data.name, first, encode(logits, encoding),
+                                 rows_done=len(data) if keep_complete else stop)
+    return len(ranges)
