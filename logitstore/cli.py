@@ -16,13 +16,8 @@ from logitstore.tasks import ALIASES, TASKS
 EPILOG = "Set LOGITSTORE_CACHE to move the ONNX export cache (default ~/.cache/logitstore)."
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="logitstore", description=
-                                "Cache teacher logits for knowledge distillation: export checkpoints to ONNX, "
-                                "run them once over a dataset, store the logits in a Zarr store.", epilog=EPILOG)
-    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    """The `build` subcommand and its flags."""
     b = sub.add_parser("build", help="run teacher checkpoints over a dataset and write their logits to a store",
                        description="Tokenize the data once, export each teacher checkpoint to ONNX (parity-checked), "
                                    "run it with ONNX Runtime and write compressed logits into the store. Rerunning "
@@ -71,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--metric", default=None, choices=sorted({m for t in TASKS.values() for m in t.metrics}),
                    help="validation score that ranks checkpoints for ths (default: accuracy; ner: entity f1; "
                         "qa: f1)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="logitstore", description=
+                                "Cache teacher logits for knowledge distillation: export checkpoints to ONNX, "
+                                "run them once over a dataset, store the logits in a Zarr store.", epilog=EPILOG)
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_build(sub)
 
     e = sub.add_parser("export", help="export one checkpoint to ONNX and check it against PyTorch",
                        description="Export a checkpoint to ONNX (dynamic batch and sequence axes, output 'logits'), "

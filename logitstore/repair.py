@@ -21,19 +21,86 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from logitstore.errors import LogitStoreError, ProviderError, StoreCorruptError, TeacherOutputError
-from logitstore.format import CheckpointMeta, SplitMeta, StoreMeta
+from logitstore.format import CheckpointMeta, LogitsMeta, SplitMeta, StoreMeta
 from logitstore.progress import console
 from logitstore.tasks import get_task
-from logitstore.verify import RepairPlan, _sync, children, node_unreadable, raw_store, repair_plan
+from logitstore.verify import Report, _array, _group_meta, _sync, children, node_unreadable, raw_store, scan
 
 _GROUP_JSON = json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}, indent=2)
+
+
+# ---------------------------------------------------------------------------- repair plan
+@dataclass(frozen=True)
+class RepairPlan:
+    """What a rerun of the build rewrites: ``splits`` whole (from the build's tokenized
+    data); per checkpoint, ``entries`` (splits whose logits entry is rebuilt whole) and
+    ``blocks`` (split -> [start, stop) row ranges of the damaged build blocks)."""
+
+    splits: frozenset[str] = frozenset()
+    entries: dict[str, frozenset[str]] = field(default_factory=dict)
+    blocks: dict[str, dict[str, list[tuple[int, int]]]] = field(default_factory=dict)
+    report: Report | None = None
+
+    def touches(self, checkpoint: str) -> bool:
+        return bool(self.entries.get(checkpoint) or self.blocks.get(checkpoint))
+
+    def __bool__(self) -> bool:
+        return bool(self.splits) or any(self.touches(c) for c in {*self.entries, *self.blocks})
+
+
+def block_ranges(span: tuple[int, int], block_rows: int, rows: int, offsets: np.ndarray | None) -> list[tuple[int, int]]:
+    """The build blocks (row ranges of ``block_rows`` rows) that write the first-axis
+    ``span`` of a logits array: the span itself in rows for the row layout; for the token
+    layout (``offsets`` given) every block holding a token of the span."""
+    if offsets is None:
+        first, last = span
+    else:
+        first = int(np.searchsorted(offsets, span[0], side="right")) - 1
+        last = int(np.searchsorted(offsets, span[1], side="left"))
+    start = (first // block_rows) * block_rows
+    return [(s, min(s + block_rows, rows)) for s in range(start, min(last, rows), block_rows)]
+
+
+def repair_plan(path: str | os.PathLike[str], offsets: dict[str, np.ndarray],
+                checkpoints: Iterable[str] | None = None) -> RepairPlan:
+    """Full scan of the store at ``path`` (the given ``checkpoints`` only) turned into what a
+    build rewrites; ``offsets`` are the row offsets of each split the build has in RAM (the
+    token layout maps damaged token chunks to the row blocks that wrote them)."""
+    report = scan(path, read=True, checkpoints=checkpoints)
+    raw = raw_store(path)
+    token_layout = report.layout == "token"
+    splits = frozenset(e.name for e in report.damaged if e.kind == "split")
+    entries: dict[str, set[str]] = {}
+    blocks: dict[str, dict[str, set[tuple[int, int]]]] = {}
+    for e in report.damaged:
+        if e.kind != "checkpoint":
+            continue
+        for d in e.damage:
+            parts = d.node.split("/")  # checkpoints/<ck>[/<split>[/<array>]]
+            if len(parts) < 3:
+                continue  # the checkpoint's own metadata: logitstore/repair.py rebuilds it whole
+            split = parts[2]
+            if d.chunk is None or split not in offsets:
+                entries.setdefault(e.name, set()).add(split)
+                continue
+            meta = LogitsMeta.from_dict(_group_meta(raw, f"checkpoints/{e.name}/{split}"))
+            arr = _array(raw, d.node)
+            block = int(meta.block_rows) if token_layout and meta.block_rows else int(arr.chunks[0])
+            assert d.span is not None
+            for r in block_ranges(d.span, block, meta.rows, offsets[split] if token_layout else None):
+                blocks.setdefault(e.name, {}).setdefault(split, set()).add(r)
+    return RepairPlan(
+        splits, {c: frozenset(s) for c, s in entries.items()},
+        {c: {s: sorted(r) for s, r in per.items() if s not in entries.get(c, set())} for c, per in blocks.items()},
+        report)
+
 
 
 def _same_data(old: StoreMeta, new: StoreMeta) -> bool:

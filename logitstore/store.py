@@ -153,7 +153,7 @@ class LogitStore:
                 f"split {name!r} is not in store {self.path} (splits: {', '.join(self.split_names()) or 'none'}); "
                 "pick one of those or rebuild the store with it"
             )
-        from logitstore.tasks.base import IGNORE  # not at the top: the task modules import this one
+        from logitstore.tasks import IGNORE, get_task  # not at the top: the task modules import this one
 
         meta = self.split_meta(name)
         with _reading(self.path, f"split {name!r}"):
@@ -170,8 +170,8 @@ class LogitStore:
         whole = (
             len(offsets) == meta.rows + 1 and len(ids) == meta.tokens and offsets[0] == 0
             # faults (issue 10): per-row arrays must have the split's rows too (a halved shape)
-            and len(example_ids) == meta.rows and len(labels) == (meta.tokens if labels.ndim == 1 and
-                                                                  self.meta.task == "token-classification" else meta.rows)
+            and len(example_ids) == meta.rows
+            and len(labels) == (meta.tokens if get_task(self.meta.task).token_labels else meta.rows)
             and offsets[-1] == meta.tokens and bool((np.diff(offsets) > 0).all())
             and bool((ids >= 0).all()) and bool(((labels >= 0) | (labels == IGNORE)).all())
             and bool((example_ids >= 0).all())
@@ -221,7 +221,7 @@ class LogitStore:
         from transformers import AutoTokenizer
 
         with tempfile.TemporaryDirectory() as tmp:
-            return AutoTokenizer.from_pretrained(self.save_tokenizer(tmp))
+            return AutoTokenizer.from_pretrained(self.save_tokenizer(tmp), trust_remote_code=False)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_names(self, complete_only: bool = True) -> list[str]:

@@ -202,26 +202,33 @@ def check_chunks(raw: Any, node: str, arr: Any, read: bool, absent_ok: Any = Non
 def _split_arrays(task: str, meta: SplitMeta) -> dict[str, int | None]:
     """Arrays a complete split must hold, with the first-axis length each must have
     (None: checked through other arrays, the QA texts)."""
-    r, t = meta.rows, meta.tokens
-    out: dict[str, int | None] = {"input_ids": t, "offsets": r + 1, "example_id": r,
-                                  "labels": t if task == "token-classification" else r}
-    if task == "question-answering":
-        out |= {"offset_mapping": t, "window_of": r, "token_type_ids": t, "answers_of": None,
-                "context_utf8": None, "context_offsets": None, "answer_utf8": None, "answer_offsets": None}
-    return out
+    from logitstore.tasks import get_task
+
+    spec = get_task(task)
+    length = {"rows": meta.rows, "tokens": meta.tokens, None: None}
+    out: dict[str, int | None] = {"input_ids": meta.tokens, "offsets": meta.rows + 1, "example_id": meta.rows,
+                                  "labels": meta.tokens if spec.token_labels else meta.rows}
+    return out | {key: length[axis] for key, axis in spec.extra_split_arrays.items()}
+
+
+def _entry_meta(raw: Any, kind: str, name: str, node: str, cls: Any) -> Any:
+    """The metadata of a split or checkpoint entry, or the Entry that says why it cannot be
+    scanned further (damaged metadata, or incomplete)."""
+    why = node_unreadable(raw, node)
+    if why:
+        return Entry(kind, name, "damaged", [Damage(node, why)])
+    try:
+        meta = cls.from_dict(_group_meta(raw, node))
+    except LogitStoreError as exc:
+        return Entry(kind, name, "damaged", [Damage(node, f"metadata unreadable ({exc})")])
+    return meta if meta.complete else Entry(kind, name, "incomplete", meta=meta)
 
 
 def _scan_split(raw: Any, name: str, task: str, read: bool) -> Entry:
     node = f"splits/{name}"
-    why = node_unreadable(raw, node)
-    if why:
-        return Entry("split", name, "damaged", [Damage(node, why)])
-    try:
-        meta = SplitMeta.from_dict(_group_meta(raw, node))
-    except LogitStoreError as exc:
-        return Entry("split", name, "damaged", [Damage(node, f"metadata unreadable ({exc})")])
-    if not meta.complete:
-        return Entry("split", name, "incomplete", meta=meta)
+    meta = _entry_meta(raw, "split", name, node, SplitMeta)
+    if isinstance(meta, Entry):
+        return meta
     damage: list[Damage] = []
     expected = _split_arrays(task, meta)
     present = children(raw, node)
@@ -253,15 +260,9 @@ def _scan_split(raw: Any, name: str, task: str, read: bool) -> Entry:
 def _scan_checkpoint(raw: Any, name: str, store_meta: StoreMeta, splits: dict[str, SplitMeta | None],
                      read: bool) -> Entry:
     node = f"checkpoints/{name}"
-    why = node_unreadable(raw, node)
-    if why:
-        return Entry("checkpoint", name, "damaged", [Damage(node, why)])
-    try:
-        meta = CheckpointMeta.from_dict(_group_meta(raw, node))
-    except LogitStoreError as exc:
-        return Entry("checkpoint", name, "damaged", [Damage(node, f"metadata unreadable ({exc})")])
-    if not meta.complete:
-        return Entry("checkpoint", name, "incomplete", meta=meta)
+    meta = _entry_meta(raw, "checkpoint", name, node, CheckpointMeta)
+    if isinstance(meta, Entry):
+        return meta
     damage: list[Damage] = []
     if meta.num_labels != store_meta.num_labels:
         damage.append(Damage(node, f"{meta.num_labels} labels in its metadata, {store_meta.num_labels} in the store's"))
@@ -351,72 +352,6 @@ def scan(path: str | os.PathLike[str], read: bool = True, checkpoints: Iterable[
             entries.append(_scan_checkpoint(raw, name, smeta, complete, read))
     entries.append(_scan_tokenizer(raw, read))
     return Report(str(path), entries, read, smeta.layout)
-
-
-# ---------------------------------------------------------------------------- repair plan
-@dataclass(frozen=True)
-class RepairPlan:
-    """What a rerun of the build rewrites: ``splits`` whole (from the build's tokenized
-    data); per checkpoint, ``entries`` (splits whose logits entry is rebuilt whole) and
-    ``blocks`` (split -> [start, stop) row ranges of the damaged build blocks)."""
-
-    splits: frozenset[str] = frozenset()
-    entries: dict[str, frozenset[str]] = field(default_factory=dict)
-    blocks: dict[str, dict[str, list[tuple[int, int]]]] = field(default_factory=dict)
-    report: Report | None = None
-
-    def touches(self, checkpoint: str) -> bool:
-        return bool(self.entries.get(checkpoint) or self.blocks.get(checkpoint))
-
-    def __bool__(self) -> bool:
-        return bool(self.splits) or any(self.touches(c) for c in {*self.entries, *self.blocks})
-
-
-def block_ranges(span: tuple[int, int], block_rows: int, rows: int, offsets: np.ndarray | None) -> list[tuple[int, int]]:
-    """The build blocks (row ranges of ``block_rows`` rows) that write the first-axis
-    ``span`` of a logits array: the span itself in rows for the row layout; for the token
-    layout (``offsets`` given) every block holding a token of the span."""
-    if offsets is None:
-        first, last = span
-    else:
-        first = int(np.searchsorted(offsets, span[0], side="right")) - 1
-        last = int(np.searchsorted(offsets, span[1], side="left"))
-    start = (first // block_rows) * block_rows
-    return [(s, min(s + block_rows, rows)) for s in range(start, min(last, rows), block_rows)]
-
-
-def repair_plan(path: str | os.PathLike[str], offsets: dict[str, np.ndarray],
-                checkpoints: Iterable[str] | None = None) -> RepairPlan:
-    """Full scan of the store at ``path`` (the given ``checkpoints`` only) turned into what a
-    build rewrites; ``offsets`` are the row offsets of each split the build has in RAM (the
-    token layout maps damaged token chunks to the row blocks that wrote them)."""
-    report = scan(path, read=True, checkpoints=checkpoints)
-    raw = raw_store(path)
-    token_layout = report.layout == "token"
-    splits = frozenset(e.name for e in report.damaged if e.kind == "split")
-    entries: dict[str, set[str]] = {}
-    blocks: dict[str, dict[str, set[tuple[int, int]]]] = {}
-    for e in report.damaged:
-        if e.kind != "checkpoint":
-            continue
-        for d in e.damage:
-            parts = d.node.split("/")  # checkpoints/<ck>[/<split>[/<array>]]
-            if len(parts) < 3:
-                continue  # the checkpoint's own metadata: logitstore/repair.py rebuilds it whole
-            split = parts[2]
-            if d.chunk is None or split not in offsets:
-                entries.setdefault(e.name, set()).add(split)
-                continue
-            meta = LogitsMeta.from_dict(_group_meta(raw, f"checkpoints/{e.name}/{split}"))
-            arr = _array(raw, d.node)
-            block = int(meta.block_rows) if token_layout and meta.block_rows else int(arr.chunks[0])
-            assert d.span is not None
-            for r in block_ranges(d.span, block, meta.rows, offsets[split] if token_layout else None):
-                blocks.setdefault(e.name, {}).setdefault(split, set()).add(r)
-    return RepairPlan(
-        splits, {c: frozenset(s) for c, s in entries.items()},
-        {c: {s: sorted(r) for s, r in per.items() if s not in entries.get(c, set())} for c, per in blocks.items()},
-        report)
 
 
 # ---------------------------------------------------------------------------- summaries

@@ -53,7 +53,7 @@ def layer_map(source_layers: int, layers: int) -> tuple[int, ...]:
 
 def _load_config(source: str):
     try:
-        return AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)
     except Exception as exc:  # transformers raises OSError/ValueError/KeyError for a bad folder
         raise StudentInitError(
             f"cannot read a transformers model config from {source} ({type(exc).__name__}); "
@@ -112,7 +112,7 @@ def build_student(source: str, layers: int, label_names: list[str], vocab_size: 
     _refuse_pickle(source)
     try:  # use_safetensors: never unpickle a .bin (pickle can run code on load)
         src_model = auto.from_pretrained(source, ignore_mismatched_sizes=True, dtype=torch.float32,
-                                         use_safetensors=True, **labels)
+                                         use_safetensors=True, trust_remote_code=False, **labels)
     except Exception as exc:
         raise StudentInitError(
             f"cannot load a {task.name} model from {source} ({type(exc).__name__}: {exc}); "

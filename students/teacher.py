@@ -2,7 +2,8 @@
 the batch (online KD, the baseline): PyTorch from the checkpoint's source folder, or ONNX
 Runtime on the exported graph the store recorded.
 
-All three return float32 logits (B, C) (token layout: (B, T, C), QA start/end (B, T, 2)) on the training device and consume no torch RNG
+All three return float32 logits on the training device, (B, C) for the row layout and (B, T, C)
+for the token layout (QA: start/end, (B, T, 2)), and consume no torch RNG
 (the PyTorch teacher runs in eval mode under no_grad), so cached and online runs with the
 same seed draw the same dropout masks and differ only by the teacher logits themselves.
 """
@@ -19,16 +20,16 @@ from logitstore.errors import ProviderError
 from logitstore.format import CheckpointMeta
 from logitstore.runtime import make_session
 from logitstore.tasks import Task
+from students.config import ONLINE_KINDS
 from students.data import Batch
 from students.errors import OnlineTeacherError
 from students.model import forward_kwargs
 
-ONLINE_KINDS = ("pytorch", "onnx")
 
 
 class Teacher(Protocol):
     def logits(self, batch: Batch) -> torch.Tensor:
-        """Teacher logits (B, C) float32 for ``batch`` (already on the device)."""
+        """Teacher logits float32 for ``batch`` (already on the device)."""
         ...
 
 
@@ -38,7 +39,7 @@ class CachedTeacher:
     def logits(self, batch: Batch) -> torch.Tensor:
         if batch.teacher_logits is None:
             raise RuntimeError("the loader was built without logits; build it with read_logits=True")
-        return batch.teacher_logits  # (B, C)
+        return batch.teacher_logits  # (B, C), or (B, T, C) for the token layout
 
 
 class TorchTeacher:
@@ -52,7 +53,8 @@ class TorchTeacher:
                 "would not distil the cached teacher; restore them, rebuild the store, or drop --online"
             )
         try:
-            self.model = task.model_class().from_pretrained(meta.source_path, dtype=torch.float32)
+            self.model = task.model_class().from_pretrained(meta.source_path, dtype=torch.float32,
+                                                            trust_remote_code=False)
         except Exception as exc:
             raise OnlineTeacherError(
                 f"cannot load teacher checkpoint {meta.name!r} from {meta.source_path} "
@@ -106,7 +108,7 @@ class OnnxTeacher:
 
     def logits(self, batch: Batch) -> torch.Tensor:
         feed = {name: getattr(batch, name).cpu().numpy().astype(dtype) for name, dtype in self.inputs}
-        (out,) = self.session.run([self.output], feed)  # (B, C)
+        (out,) = self.session.run([self.output], feed)  # (B, C), or (B, T, C) for the token layout
         return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(self.device)
 
 

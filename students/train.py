@@ -154,7 +154,7 @@ def _vocab_size(store: LogitStore, ckpt: CheckpointMeta | None) -> int:
         from transformers import AutoConfig
 
         try:
-            return int(AutoConfig.from_pretrained(ckpt.source_path).vocab_size)
+            return int(AutoConfig.from_pretrained(ckpt.source_path, trust_remote_code=False).vocab_size)
         except Exception:  # source folder gone: fall back to the tokenizer the store holds
             pass
     return len(store.load_tokenizer())
@@ -276,18 +276,9 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
                 bar.update(task, advance=1, rate=f"{rate:.2f} steps/s", loss=f"{parts[0]:.4f}")
                 if _eval_due(step, total_steps, steps_per_epoch, config.eval_every):
                     tick = time.perf_counter()
-                    result = evaluate(student, *run.evals[0], loss_cfg, run.device)
-                    line = {"step": step, "epoch": epoch + 1, **result.to_dict(), **running.means(),
-                            "lr": sched.get_last_lr()[0]}
-                    log.write(json.dumps(line) + "\n")
-                    log.flush()
+                    line = {"step": step, "epoch": epoch + 1, **running.means(), "lr": sched.get_last_lr()[0]}
+                    best = _evaluate_and_keep(run, config, out, line, log, best)
                     running = _Running()
-                    if config.save_checkpoints:  # OUT/checkpoint-<step>: a teacher run `logitstore build` reads
-                        student.save_pretrained(out / f"checkpoint-{step}")
-                        run.store.save_tokenizer(out / f"checkpoint-{step}")
-                    if best is None or result.score(run.metric) > best[0]:  # ties keep the earlier student
-                        state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
-                        best = (result.score(run.metric), step, result, state)
                     eval_seconds += time.perf_counter() - tick
                 if step == total_steps:
                     break
@@ -303,6 +294,27 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
                          examples / train_seconds)
     _write_summary(result, console)
     return result
+
+
+def _evaluate_and_keep(run: _Run, config: TrainConfig, out: Path, line: dict[str, Any], log: Any,
+                       best: tuple[float, int, EvalResult, dict[str, torch.Tensor]] | None
+                       ) -> tuple[float, int, EvalResult, dict[str, torch.Tensor]]:
+    """Evaluate on validation at step ``line["step"]``: log the metrics line (with the
+    training means in ``line``), save OUT/checkpoint-<step> when asked, and return the best
+    (score, step, result, weights) so far (ties keep the earlier student)."""
+    step, student = line["step"], run.student
+    result = evaluate(student, *run.evals[0], config.loss, run.device)
+    line = {"step": step, "epoch": line["epoch"], **result.to_dict(),
+            **{k: v for k, v in line.items() if k not in ("step", "epoch")}}
+    log.write(json.dumps(line) + "\n")
+    log.flush()
+    if config.save_checkpoints:  # OUT/checkpoint-<step>: a teacher run `logitstore build` reads
+        student.save_pretrained(out / f"checkpoint-{step}")
+        run.store.save_tokenizer(out / f"checkpoint-{step}")
+    if best is None or result.score(run.metric) > best[0]:
+        state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+        best = (result.score(run.metric), step, result, state)
+    return best
 
 
 def _write_run_config(out: Path, config: TrainConfig, run: _Run, steps_per_epoch: int, total_steps: int) -> None:

@@ -22,6 +22,7 @@ from conftest import assert_one_line_error, make_teacher, run_cli, write_csv_spl
 from logitstore import open_store
 from logitstore.cli import main
 from logitstore.errors import DataError, StoreCorruptError
+from logitstore.tasks import get_task
 
 REPO = Path(__file__).parents[1]
 CHUNK_ROWS = 32  # 120 train rows -> 4 logits chunks
@@ -228,7 +229,7 @@ def test_token_layout_damaged_chunk_is_repaired(capsys, tmp_path, ner_run, _env,
 
 
 def test_block_ranges_of_a_token_chunk():
-    from logitstore.verify import block_ranges
+    from logitstore.repair import block_ranges
 
     offsets = np.array([0, 5, 9, 20, 22, 30, 31])  # 6 rows
     assert block_ranges((0, 10), 2, 6, offsets) == [(0, 2), (2, 4)]  # tokens 0-9: rows 0-2
@@ -247,7 +248,7 @@ def _csv(path: Path, text: str | bytes) -> Path:
 def _load(path: Path):
     from logitstore.data import DataConfig, load_splits
 
-    return load_splits(DataConfig(str(path)))
+    return load_splits(DataConfig(str(path), get_task("classification")))
 
 
 def test_duplicate_csv_column_is_refused(tmp_path):

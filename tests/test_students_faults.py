@@ -3,6 +3,7 @@ errors (exit 2, ``error: ...``, no traceback), and ``--init`` never loads pickle
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,3 +145,29 @@ def test_a_failed_train_leaves_no_output_folder(tmp_path, capsys):
                              "--device", "cpu", "--no-progress")
     assert_one_line(code, err, "no store at")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_second_sweep_on_one_folder_fails_at_once_naming_the_first(tmp_path, capsys):
+    """Two sweeps on one folder would train every run twice: the second is refused in one line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sweep_dir = tmp_path / "sweep"
+    code = ("import time; from logitstore.lock import exclusive\n"
+            f"with exclusive({str(sweep_dir)!r}, what='sweep', thing='sweep folder'):\n"
+            "    print('held', flush=True); time.sleep(600)\n")
+    root = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(root)))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert main(["sweep", "--store", str(tmp_path / "any.zarr"), "--out", str(sweep_dir)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another sweep is writing this sweep folder" in err[0], err
+        assert f"pid {holder.pid}" in err[0]
+        assert not (sweep_dir / "sweep.json").exists()  # nothing written by the refused sweep
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

@@ -64,6 +64,10 @@ class Task(ABC):
     token_labels: ClassVar[bool] = False
     #: Whether the build's --stride applies (and is recorded in the store).
     uses_stride: ClassVar[bool] = False
+    #: Arrays a complete split of this task holds besides input_ids, offsets, labels and
+    #: example_id, with the axis their first dimension follows ("rows", "tokens", or None
+    #: when it is checked through other arrays); what `logitstore verify` expects.
+    extra_split_arrays: ClassVar[dict[str, str | None]] = {}
 
     @property
     def fingerprint_tag(self) -> str:

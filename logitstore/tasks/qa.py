@@ -308,6 +308,9 @@ class QuestionAnswering(Task):
     text_columns = ("question", "context")
     label_column = "answers"
     uses_stride = True
+    extra_split_arrays = {"offset_mapping": "tokens", "window_of": "rows", "token_type_ids": "tokens",
+                          "answers_of": None, "context_utf8": None, "context_offsets": None, "answer_utf8": None,
+                          "answer_offsets": None}
 
     def config_problems(self, cfg: "DataConfig") -> list[str]:
         problems = []

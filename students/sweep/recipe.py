@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
+from logitstore.lock import exclusive
 from students.config import TrainConfig, output_dir
 from students.errors import ConfigError
 from students.sweep.points import NOT_IN_KEY, train_run
@@ -83,10 +84,16 @@ def run_sweep(config: SweepConfig, run_fn: RunFn = train_run, console: Console |
     SWEEP_DIR/sweep.json (the plan, then the outcome). ``run_fn`` trains one config;
     ``check_store`` = False skips opening the store (for fake run functions).
 
-    Raises OutputPathError (SWEEP_DIR cannot be a folder), ResultsFileError (a damaged
+    Raises OutputPathError (SWEEP_DIR cannot be a folder), StoreLockedError (another sweep
+    is writing SWEEP_DIR: a lock beside it, logitstore/lock.py), ResultsFileError (a damaged
     sweep.json or results.jsonl, a folder of another store), logitstore errors for the store."""
     console = console or Console()
     out = output_dir(config.out)
+    with exclusive(out, what="sweep", thing="sweep folder"):  # two sweeps on one folder would train every run twice
+        return _run_locked(config, out, run_fn, console, check_store)
+
+
+def _run_locked(config: SweepConfig, out: Path, run_fn: RunFn, console: Console, check_store: bool) -> SweepResult:
     old = read_manifest(out)  # the folder's own files first: a damaged one fails before the store is read
     identity = _store_identity(config.store, config.space) if check_store else None
     if identity is not None:
