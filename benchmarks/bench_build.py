@@ -41,7 +41,7 @@ def torch_rows(model, split, rows, pad_id, budget, names) -> np.ndarray:
     lengths = split.lengths[rows]
     with torch.inference_mode():
         for b in plan_batches(lengths, budget):
-            feed = pad_batch([split.row(int(r)) for r in rows[b]], pad_id, None, names)
+            feed = pad_batch(split.input_ids, split.offsets, None, rows[b], pad_id, names)
             out[b] = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
     return out
 
@@ -49,8 +49,7 @@ def torch_rows(model, split, rows, pad_id, budget, names) -> np.ndarray:
 def padded_rows(session, split, rows, pad_id, batch, max_len) -> np.ndarray:
     out = []
     for s in range(0, len(rows), batch):
-        ragged = [split.row(int(r)) for r in rows[s:s + batch]]
-        feed = pad_batch(ragged, pad_id, None, session.input_names)
+        feed = pad_batch(split.input_ids, split.offsets, None, rows[s:s + batch], pad_id, session.input_names)
         width = feed["input_ids"].shape[1]
         feed = {k: np.pad(v, ((0, 0), (0, max_len - width))) for k, v in feed.items()}  # pad to max length
         out.append(session.run(feed))

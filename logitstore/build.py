@@ -360,10 +360,7 @@ def _sample_batches(split: SplitData, pad_id: int, names: tuple[str, ...], rows:
     picked = np.arange(min(rows, len(split)))
     out = []
     for batch in plan_batches(split.lengths[picked], token_budget=10**9, max_batch=max(1, len(picked) // 2)):
-        ragged = [split.row(int(i)) for i in picked[batch]]
-        types = None if split.token_type_ids is None else \
-            [split.token_type_ids[split.offsets[i]:split.offsets[i + 1]] for i in picked[batch]]
-        out.append(pad_batch(ragged, pad_id, types, names))
+        out.append(pad_batch(split.input_ids, split.offsets, split.token_type_ids, picked[batch], pad_id, names))
     return out
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 # Sessions are made in logitstore.runtime; make_session stays importable from here (build, benchmarks).
 from logitstore.runtime import Session, make_session  # noqa: F401
+from logitstore.store import pad_batch
 
 
 def plan_batches(lengths: np.ndarray, token_budget: int, max_batch: int = 512) -> list[np.ndarray]:
@@ -29,22 +30,6 @@ def plan_batches(lengths: np.ndarray, token_budget: int, max_batch: int = 512) -
     return batches
 
 
-def pad_batch(rows: list[np.ndarray], pad_id: int, type_rows: list[np.ndarray] | None,
-              names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Right-pad ragged rows into the int64 feed the graph declares."""
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)  # (B, T)
-    mask = np.zeros((len(rows), width), dtype=np.int64)  # (B, T)
-    types = np.zeros((len(rows), width), dtype=np.int64)  # (B, T)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = r
-        mask[i, :len(r)] = 1
-        if type_rows is not None:
-            types[i, :len(r)] = type_rows[i]
-    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    return {n: feed[n] for n in names}
-
-
 def infer_rows(session: Session, input_ids: np.ndarray, offsets: np.ndarray, token_type_ids: np.ndarray | None,
                rows: np.ndarray, pad_id: int, token_budget: int, on_batch: Any = None,
                per_token: bool = False) -> np.ndarray:
@@ -59,10 +44,8 @@ def infer_rows(session: Session, input_ids: np.ndarray, offsets: np.ndarray, tok
     starts = np.concatenate([[0], np.cumsum(lengths)])  # (n+1,) where each row's tokens go in the output
     out: np.ndarray | None = None
     for batch in plan_batches(lengths, token_budget):
-        picked = rows[batch]
-        ragged = [input_ids[offsets[r]:offsets[r + 1]] for r in picked]
-        types = None if token_type_ids is None else [token_type_ids[offsets[r]:offsets[r + 1]] for r in picked]
-        logits = session.run(pad_batch(ragged, pad_id, types, session.input_names)).astype(np.float32)
+        feed = pad_batch(input_ids, offsets, token_type_ids, rows[batch], pad_id, session.input_names)
+        logits = session.run(feed).astype(np.float32)
         if out is None:
             out = np.empty((int(starts[-1]) if per_token else len(rows), logits.shape[-1]), dtype=np.float32)
         if per_token:  # logits (B, T, C): keep each row's own tokens

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData
+from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData, pad_batch, padded
 from logitstore.tasks import IGNORE, get_task
 from students.config import LoaderConfig
 
@@ -66,19 +66,12 @@ def collate(split: SplitData, rows: np.ndarray, logits: np.ndarray | list[np.nda
     """Pad ``rows`` (B,) of ``split`` to their longest row; ``logits`` (B, C) aligned to rows,
     or (token layout) a list of each row's (L_i, C) logits. ``token_labels``: the split's
     labels are per token (NER) and are padded with -100."""
-    starts = split.offsets[rows]  # (B,)
-    lengths = split.offsets[rows + 1] - starts  # (B,)
-    width = int(lengths.max())
-    pos = np.arange(width)[None, :]  # (1, T)
-    mask = pos < lengths[:, None]  # (B, T)
-    idx = np.where(mask, starts[:, None] + pos, 0)  # (B, T) flat token positions
-    ids = np.where(mask, split.input_ids[idx], pad_id).astype(np.int64)  # (B, T)
-    if split.token_type_ids is not None:
-        types = np.where(mask, split.token_type_ids[idx], 0).astype(np.int64)  # (B, T)
-    else:
-        types = np.zeros_like(ids)  # (B, T)
+    feed = pad_batch(split.input_ids, split.offsets, split.token_type_ids, rows, pad_id,
+                     ("input_ids", "attention_mask", "token_type_ids"))  # each (B, T) int64
+    ids, mask, types = feed["input_ids"], feed["attention_mask"], feed["token_type_ids"]
+    width = ids.shape[1]
     if token_labels:
-        labels = np.where(mask, split.labels[idx], IGNORE).astype(np.int64)  # (B, T)
+        labels = padded(split.labels, split.offsets, rows, IGNORE)[0].astype(np.int64)  # (B, T)
     else:
         labels = split.labels[rows].astype(np.int64)  # (B,) or QA (B, 2)
     if isinstance(logits, list):  # token layout: pad each row's (L_i, C) to (B, T, C) with zeros
