@@ -188,6 +188,9 @@ class LogitStore:
             labels = g["labels"][:]
             example_ids = g["example_id"][:]
             tt = g["token_type_ids"][:] if "token_type_ids" in g else None
+            for key in ("context_utf8", "answer_utf8"):  # bytes: a missing chunk would read as NUL bytes
+                if key in g:
+                    _all_chunks(g[key], self.path, f"split {name!r}")
             qa = {}
             if "window_of" in g:
                 qa = {"offset_mapping": g["offset_mapping"][:], "window_of": g["window_of"][:],
@@ -199,7 +202,7 @@ class LogitStore:
             and len(labels) == (meta.tokens if get_task(self.meta.task).token_labels else meta.rows)
             and offsets[-1] == meta.tokens and bool((np.diff(offsets) > 0).all())
             and bool((ids >= 0).all()) and bool(((labels >= 0) | (labels == IGNORE)).all())
-            and bool((example_ids >= 0).all())
+            and bool((example_ids >= 0).all()) and (tt is None or bool((tt >= 0).all()))
             and (not qa or (bool((qa["offset_mapping"] >= -1).all()) and bool((qa["window_of"] >= 0).all())))
         )
         if not whole:
@@ -344,6 +347,8 @@ class LogitStore:
                     f"logits of {checkpoint}/{split} in store {self.path} have {sg['logits'].shape[0]:,} rows in "
                     f"their metadata but the entry has {length:,}; the store is damaged: `logitstore verify "
                     f"{self.path}` says what else is, and rerunning the build repairs it")
+            if "scale" in sg:  # int8: a missing values chunk would read as zeros, a legal value
+                _all_chunks(sg["logits"], self.path, f"logits of {checkpoint}/{split}")
             values = sg["logits"][start:stop]
             scale = sg["scale"][start:stop] if "scale" in sg else None
         out = decode(values, scale)
@@ -377,6 +382,17 @@ def _read_answers(g: Any) -> list[list[str]]:
     if len(of) == 0 or of[-1] != len(flat) or bool((np.diff(of) < 0).any()):
         raise ValueError("answer lists are truncated")
     return [flat[a:b] for a, b in zip(of[:-1], of[1:])]
+
+
+def _all_chunks(arr: Any, path: str, what: str) -> None:
+    """Raise StoreCorruptError unless every chunk of ``arr`` is stored: for arrays whose fill
+    value is a legal value (uint8 bytes, int8 logits) a missing chunk cannot be told from
+    data once read. (An int8 chunk whose every logit is exactly 0 is not written by zarr
+    and reads as damaged: no real teacher gives one.)"""
+    if arr.nchunks_initialized < arr.nchunks:
+        raise StoreCorruptError(
+            f"{what} in store {path} has {arr.nchunks - arr.nchunks_initialized} missing chunk(s) of {arr.name}; "
+            f"rerun the build to repair them (`logitstore verify {path}` shows the damage)")
 
 
 def _num(x: float | None, missing: float) -> float:

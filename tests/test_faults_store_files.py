@@ -119,3 +119,12 @@ def test_a_rerun_restores_a_deleted_checkpoint(store_copy, tiny_teachers, tiny_d
     store = open_store(store_copy)
     assert store.checkpoint_names() == ["checkpoint-10", "checkpoint-20"]
     assert store.select("ths").name in ("checkpoint-10", "checkpoint-20")
+
+
+def test_a_missing_int8_logits_chunk_is_an_error_not_zero_logits(tiny_teachers, tiny_data, tmp_path, _env):
+    out = tmp_path / "int8.zarr"
+    build_store(BuildConfig(teachers=(tiny_teachers,), data=str(tiny_data), out=out, chunk_rows=32,
+                            encoding="int8"))
+    (out / "checkpoints" / "checkpoint-10" / "train" / "logits" / "c" / "1" / "0").unlink()  # fill value 0
+    with pytest.raises(StoreCorruptError, match="missing chunk"):
+        open_store(out).read_logits("checkpoint-10", "train", 0, 32)  # even a range of whole chunks
