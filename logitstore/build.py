@@ -17,7 +17,8 @@ import numpy as np
 
 from logitstore import __version__
 from logitstore.checkpoints import Checkpoint, discover, read_config, weights_sha256
-from logitstore.data import DataConfig, dataset_fingerprint, load_splits, tokenize_split, tokenizer_fingerprint
+from logitstore.data import (DataConfig, dataset_fingerprint, load_splits, source_file, tokenize_split,
+                             tokenizer_fingerprint, truncation_warning)
 from logitstore.encode import encode
 from logitstore.format import ENCODINGS
 from logitstore.errors import (CheckpointError, DataError, LogitStoreError, StoreCorruptError,
@@ -26,6 +27,7 @@ from logitstore.export import PARITY_TOLERANCE, export_checkpoint, load_model, p
 from logitstore.format import CheckpointMeta, StoreMeta
 from logitstore.infer import infer_rows, make_session, pad_batch, plan_batches
 from logitstore.progress import Progress, console
+from logitstore.scoring import scored
 from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, TOKENIZER_FILES, LogitStore, SplitData
 from logitstore.tasks import Task, get_task, task_of_architecture, task_of_folders
 from logitstore.writer import StoreWriter
@@ -112,10 +114,14 @@ def build_store(cfg: BuildConfig) -> BuildResult:
     """Build (or resume, or extend) the store at ``cfg.out``. Raises LogitStoreError subclasses."""
     # Faults (issue 10): one build per store at a time (a lock beside it, logitstore/lock.py),
     # and a full disk or a folder it may not write ends in one line, not a traceback.
+    import contextlib
+
+    from logitstore.cache import using_cache
     from logitstore.lock import exclusive
     from logitstore.oserrors import writing
 
-    with writing(cfg.out), exclusive(cfg.out, what="build"):
+    exports = using_cache() if cfg.teachers else contextlib.nullcontext()  # no cache prune while it builds
+    with writing(cfg.out), exclusive(cfg.out, what="build"), exports:
         return _build_store(cfg)
 
 
@@ -147,6 +153,8 @@ def _build_store(cfg: BuildConfig) -> BuildResult:
         splits, hashes = {}, {}
         for name, ds in raw.items():
             splits[name], hashes[name] = tokenize_split(name, ds, tokenizer, cfg.data_config, label_map, input_names)
+    for warning in filter(None, (truncation_warning(s, cfg.max_length) for s in splits.values())):
+        console.print(f"[yellow]warning[/]: {warning}")
     meta = StoreMeta(
         task=cfg.task, label_names=label_names, text_columns=list(cfg.text_columns),
         label_column=cfg.label_column, max_length=cfg.max_length,
@@ -154,7 +162,7 @@ def _build_store(cfg: BuildConfig) -> BuildResult:
         dataset_fingerprint=dataset_fingerprint(hashes, cfg.data_config), input_names=list(input_names),
         validation_split=cfg.validation_split, created_by=f"logitstore {__version__}",
         pad_token_id=int(tokenizer.pad_token_id or 0),
-        stride=cfg.stride if task.uses_stride else None,
+        stride=cfg.stride if task.uses_stride else None, source_file=source_file(cfg.data),
     )
     # Faults (issue 10): entries with unreadable metadata are dropped and written again, and a
     # full check of what would be skipped finds damaged splits and blocks to rewrite (repair.py).
@@ -329,9 +337,7 @@ def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
     for name, data in splits.items():
         _fill_split(store, ck.name, data, session, cfg)
     errs = [store.logits_meta(ck.name, s).max_abs_err for s in splits]
-    scores = task.scores(store.read_logits(ck.name, val.name), val, store.meta.label_names)
-    meta = replace(meta, val_loss=scores["loss"], val_score=scores[cfg.metric],
-                   val_scores={k: v for k, v in scores.items() if k != "loss"}, encode_max_abs_err=max(errs),
+    meta = replace(scored(store, meta, splits), encode_max_abs_err=max(errs),  # every split's loss and metrics
                    build_seconds=round(time.perf_counter() - t0, 3), complete=True)
     store.put_checkpoint(meta)
     console.print(f"checkpoint [bold]{ck.name}[/]: validation loss {meta.val_loss:.4f}, "

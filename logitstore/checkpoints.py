@@ -70,7 +70,12 @@ def discover(paths: list[Path]) -> list[Checkpoint]:
 
 
 def _step(folder: Path) -> int | None:
-    m = _STEP.search(folder.name)
+    return step_of(folder.name)
+
+
+def step_of(name: str) -> int | None:
+    """The training step of a checkpoint named ``checkpoint-N`` (or ``<run>-checkpoint-N``), else None."""
+    m = _STEP.search(name)
     return int(m.group(1)) if m else None
 
 

@@ -1,4 +1,5 @@
-"""`logitstore` command line: build, export, info, verify. Parses flags, builds a config, calls the API.
+"""`logitstore` command line: build, export, info, verify, splits, cache. Parses flags, builds a config,
+calls the API.
 
 Errors of the LogitStoreError hierarchy print as one line (``error: ...``) with exit code
 2; --debug shows the traceback instead.
@@ -10,10 +11,11 @@ import os
 import sys
 from pathlib import Path
 
-from logitstore.errors import LogitStoreError, run_cli
+from logitstore.errors import DataError, LogitStoreError, run_cli
 from logitstore.tasks import ALIASES, TASKS
 
-EPILOG = "Set LOGITSTORE_CACHE to move the ONNX export cache (default ~/.cache/logitstore)."
+EPILOG = ("The ONNX export cache is $LOGITSTORE_CACHE (default ~/.cache/logitstore); `logitstore cache` lists "
+          "and prunes it.")
 
 
 def _add_build(sub: argparse._SubParsersAction) -> None:
@@ -91,7 +93,34 @@ def _parser() -> argparse.ArgumentParser:
                                    "metadata and look for lost chunks. Exit 0 when clean, 1 when damaged; a rerun "
                                    "of the same `logitstore build` command rewrites exactly the damaged parts.")
     v.add_argument("store", type=Path)
+    _add_splits_and_cache(sub)
     return p
+
+
+def _add_splits_and_cache(sub: argparse._SubParsersAction) -> None:
+    """The `splits` and `cache` subcommands (issue 15)."""
+    s = sub.add_parser("splits", help="write the splits a build made from one --data file, with its original columns",
+                       description="When the build read one data file (and divided it with --split-fractions), write "
+                                   "each split's rows back out, in the store's order, with the file's own columns: "
+                                   "e.g. to fine-tune the teacher on exactly the train split. Reads the file again "
+                                   "and refuses it when its sha256 differs from the one the store recorded.")
+    s.add_argument("store", type=Path)
+    s.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for <split>.csv / <split>.jsonl")
+    s.add_argument("--format", choices=["csv", "jsonl"], default=None,
+                   help="file type (default: csv for a .csv source, else jsonl; columns of lists need jsonl)")
+    s.add_argument("--data", type=Path, default=None, metavar="FILE",
+                   help="where the source file is now, when it moved (default: the path the store recorded)")
+    from logitstore.cache import location_line
+
+    c = sub.add_parser("cache", help="list the ONNX export cache, or prune it (--prune)",
+                       description="List the ONNX exports builds cached (key, source checkpoint, whether it still "
+                                   "exists, size, last use), or remove them. " + location_line() + ".")
+    c.add_argument("--prune", action="store_true",
+                   help="remove entries whose source checkpoint is gone, damaged entries and leftovers of killed "
+                        "exports; refused while a build or export runs")
+    c.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                   help="with --prune: also remove entries not used for DAYS days")
+    c.add_argument("--all", action="store_true", help="with --prune: remove every entry")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,8 +137,6 @@ def _run(args: argparse.Namespace) -> int:
         try:
             fractions = tuple(float(x) for x in args.split_fractions.split(","))
         except ValueError:
-            from logitstore.errors import DataError
-
             raise DataError(f"--split-fractions must be three numbers like 0.8,0.1,0.1; got {args.split_fractions!r} instead")
         cfg = BuildConfig(
             teachers=tuple(args.teacher), data=args.data, out=args.out, tokenizer=args.tokenizer,
@@ -139,6 +166,8 @@ def _run(args: argparse.Namespace) -> int:
 
         print_info(args.store)
         return 0
+    if args.command in ("splits", "cache"):
+        return _run_splits(args) if args.command == "splits" else _run_cache(args)
     if args.command == "verify":
         from logitstore.verify import print_report, scan
 
@@ -146,6 +175,26 @@ def _run(args: argparse.Namespace) -> int:
         print_report(report)
         return 0 if report.clean else 1
     raise AssertionError(args.command)
+
+
+def _run_splits(args: argparse.Namespace) -> int:
+    from logitstore.splits import export_splits
+
+    written = export_splits(args.store, args.out, args.format, args.data)
+    print(f"wrote {args.out}: " + ", ".join(f"{path.name} ({n:,} rows)" for path, n in written.values()))
+    return 0
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from logitstore.cache import prune, print_cache
+
+    if (args.older_than is not None or args.all) and not args.prune:
+        raise DataError("--older-than and --all choose what --prune removes; add --prune")
+    removed = prune(args.older_than, args.all) if args.prune else None
+    print_cache(Console(width=None if sys.stdout.isatty() else 150), removed)
+    return 0
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ import numpy as np
 from logitstore.errors import DataError
 from logitstore.store import SplitData
 from logitstore.tasks import Task
-from logitstore.util import seeded_split
+from logitstore.util import seeded_split, sha256_file
 
 #: File types every task reads, and the datasets builder that reads them.
 _BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
+#: A build warns when ``--max-length`` cuts more than this fraction of a split's rows.
+TRUNCATION_WARN_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,33 @@ def _seeded_split(dd: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
     train, val, test = seeded_split(len(only), cfg.split_fractions, cfg.split_seed, min_validation=1)
     parts = {"train": train, cfg.validation_split: val, "test": test}
     return {k: only.select(np.sort(v)) for k, v in parts.items() if len(v) > 0}
+
+
+def source_file(source: str) -> dict[str, Any] | None:
+    """What a store records about ``--data`` when it is one file, whose row numbers every
+    split's ``example_id`` holds: its absolute ``path``, ``sha256`` and ``bytes``; None for
+    a folder or a dataset name."""
+    path = Path(source)
+    if not path.is_file():
+        return None
+    return {"path": str(path.resolve()), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def read_source(path: Path, task: Task) -> Any:
+    """One data file read as a build reads ``--data FILE`` (a ``datasets.Dataset``): row i
+    is the example whose ``example_id`` is i. Raises DataError when it cannot be read."""
+    return _load_files(path.suffix, [path], "train", task)
+
+
+def truncation_warning(split: SplitData, max_length: int) -> str | None:
+    """A warning when ``max_length`` cut more than TRUNCATION_WARN_FRACTION of the split's
+    rows (its ``truncated_rows``), else None."""
+    cut, rows = split.truncated_rows or 0, len(split)
+    if cut <= TRUNCATION_WARN_FRACTION * rows:
+        return None
+    return (f"--max-length {max_length} cuts {cut:,} of the {rows:,} rows of split {split.name!r} ({cut / rows:.1%}, "
+            f"over {TRUNCATION_WARN_FRACTION:.0%}): teacher and student never see their end; raise --max-length "
+            "to keep them whole")
 
 
 def tokenize_split(name: str, ds: Any, tokenizer: Any, cfg: DataConfig, label_map: dict[Any, int],

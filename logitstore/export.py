@@ -7,6 +7,12 @@ Runtime a graph it can fuse. Batch and sequence axes are dynamic; the output is 
 ``~/.cache/logitstore``), where the key hashes the weights, the config and the exporter
 settings, so exporting the same checkpoint twice does no work the second time.
 
+Concurrent builds share the cache (logitstore/cache.py): one process at a time exports a
+given key (a lock beside its folder; the others wait, then reuse its entry). An export is
+written, parity-checked and described (export.json) in a temporary folder, then published
+by one rename: an entry is never replaced while valid, and a damaged one is renamed away
+before the new one takes its place, so a reader never finds the folder half-written.
+
 Parity: the ONNX graph and PyTorch eager run the same real inputs; the largest absolute
 logit difference must stay under ``PARITY_TOLERANCE`` (fp32 graphs match to ~1e-5; 1e-3
 leaves room for other execution providers' kernels while catching a wrong export,
@@ -14,6 +20,7 @@ whose errors are of the order of the logits themselves).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -21,6 +28,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from logitstore.cache import onnx_dir, read_info, using_cache
 from logitstore.checkpoints import weights_sha256
 from logitstore.errors import CheckpointError, ExportError
 from logitstore.runtime import make_session
 from logitstore.tasks import Task, task_of_folders
+from logitstore.util import sha256_file
 
 PARITY_TOLERANCE = 1e-3
 OPSET = 17
@@ -53,10 +63,6 @@ class ExportResult:
     parity_max_abs_err: float
     weights_sha256: str
     cached: bool
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LOGITSTORE_CACHE", Path.home() / ".cache" / "logitstore"))
 
 
 def load_model(folder: Path, task: Task) -> Any:
@@ -115,7 +121,8 @@ def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None =
     """Export ``folder`` to ONNX (or reuse the cached export) and parity-check it on CPU.
 
     ``task`` None means the task the checkpoint's config.architectures names (else
-    sequence classification).
+    sequence classification). ``cache_dir``: the folder of exports (default
+    ``$LOGITSTORE_CACHE/onnx``).
 
     ``sample``: padded int64 batches keyed by input name (real inputs); built-in probe
     sentences when None. ``weights_sha``: the folder's weights_sha256 when the caller has
@@ -126,55 +133,116 @@ def export_checkpoint(folder: Path, sample: list[dict[str, np.ndarray]] | None =
     task = task or task_of_folders((folder,))
     tag = _EXPORTER_TAG + task.fingerprint_tag
     key = hashlib.sha256(f"{wsha}|{tag}|torch{torch.__version__}".encode()).hexdigest()[:24]
-    target = (cache_dir or cache_root() / "onnx") / key
-    onnx_path, info_path = target / "model.onnx", target / "export.json"
+    target = (cache_dir or onnx_dir()) / key
     model = None
-    info = _cached_info(onnx_path, info_path)  # faults (issue 10): None when missing or damaged
-    if info is not None:
+    with using_cache(target.parent):  # no prune meanwhile
+        with _exporting(target):  # one exporter of this key at a time; the others then reuse its entry
+            info = _cached_info(target)  # faults (issue 10): None when missing or damaged
+            cached = info is not None
+            if not cached:
+                model = load_model(folder, task)
+                info, cached = _export(model, folder, target, task, wsha, sample)
         names = tuple(info["input_names"])
-        cached = True
-    else:
-        model = load_model(folder, task)
-        names = graph_input_names(model)
-        _export(model, names, target, task)
-        cached = False
-    if sample is None:
+        err = float(info["parity_max_abs_err"])
         if cached:
-            return ExportResult(onnx_path, names, float(info["parity_max_abs_err"]), wsha, True)
-        sample = probe_inputs(folder, names)
-    model = model if model is not None else load_model(folder, task)
-    err = parity_error(model, make_session(onnx_path, "cpu").session, sample, names, task)
-    if not cached:  # faults (issue 10): atomically, with the graph's size and sha256 to check it on reuse
-        _write_json(info_path, {"input_names": list(names), "parity_max_abs_err": err, "weights_sha256": wsha,
-                                "source": str(folder), "onnx_bytes": onnx_path.stat().st_size,
-                                "onnx_sha256": _sha256(onnx_path)})
+            _touch(target)  # its "last used" time (`logitstore cache`)
+            if sample is not None:  # the parity that counts is the caller's inputs'
+                model = model if model is not None else load_model(folder, task)
+                err = parity_error(model, make_session(target / "model.onnx", "cpu").session, sample, names, task)
     if not err <= tolerance:
         raise ExportError(
             f"ONNX export of {folder} differs from PyTorch by {err:.3g} (> tolerance {tolerance:g}); "
             "the export is wrong for this architecture: report it with the model config"
         )
-    return ExportResult(onnx_path, names, err, wsha, cached)
+    return ExportResult(target / "model.onnx", names, err, wsha, cached)
 
 
-def _export(model: Any, names: tuple[str, ...], target: Path, task: Task) -> None:
-    dummy = tuple(torch.ones((2, 8), dtype=torch.long) for _ in names)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch", 1: "sequence"} if task.per_token
-                                                               else {0: "batch"}}
+def _export(model: Any, folder: Path, target: Path, task: Task, wsha: str,
+            sample: list[dict[str, np.ndarray]] | None) -> tuple[dict[str, Any], bool]:
+    """Export ``model`` into a temporary folder beside ``target``, check its parity there on
+    ``sample`` (probe sentences when None), describe it (export.json) and publish it as
+    ``target``. Returns the entry's export.json and whether it is another export's (a valid
+    entry that appeared meanwhile, which is then used and ours dropped)."""
+    names = graph_input_names(model)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
     try:
+        _write_graph(model, names, tmp / "model.onnx", task)
+        sample = sample if sample is not None else probe_inputs(folder, names)
+        err = parity_error(model, make_session(tmp / "model.onnx", "cpu").session, sample, names, task)
+        # faults (issue 10): with the graph's size and sha256, to check it on reuse
+        info = {"input_names": list(names), "parity_max_abs_err": err, "weights_sha256": wsha, "source": str(folder),
+                "onnx_bytes": (tmp / "model.onnx").stat().st_size, "onnx_sha256": sha256_file(tmp / "model.onnx")}
+        _write_json(tmp / "export.json", info)
+        return _publish(tmp, target, info)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when published
+
+
+def _write_graph(model: Any, names: tuple[str, ...], path: Path, task: Task) -> None:
+    dummy = tuple(torch.ones((2, 8), dtype=torch.long) for _ in names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch", 1: "sequence"} if task.per_token
+                                                               else {0: "batch"}}
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(LogitsOnly(model, names, task).eval(), dummy, str(tmp / "model.onnx"), dynamo=False,
+            torch.onnx.export(LogitsOnly(model, names, task).eval(), dummy, str(path), dynamo=False,
                               input_names=list(names), output_names=["logits"], dynamic_axes=axes,
                               opset_version=OPSET)
         model.eval()  # the exporter restores the wrapper's train/eval mode on the model
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)  # atomic: a killed export leaves only a .export-* folder
     except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise ExportError(f"ONNX export failed ({type(exc).__name__}: {exc}); check the checkpoint loads in transformers") from exc
+
+
+def _publish(tmp: Path, target: Path, info: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Rename the finished export ``tmp`` to ``target`` (atomic). When ``target`` exists: a
+    valid entry wins (returned, with True: ours is dropped); a damaged one is renamed
+    away first, then replaced, then deleted. Never removes ``target`` in place."""
+    aside = None
+    try:
+        while True:
+            try:
+                os.rename(tmp, target)  # fails while target is a folder with files in it
+                return info, False
+            except OSError:
+                if not (target.exists() or target.is_symlink()):
+                    raise
+            theirs = _cached_info(target)
+            if theirs is not None:
+                return theirs, True
+            if aside is not None:  # it was replaced by another damaged entry meanwhile
+                raise ExportError(f"cannot replace the damaged export cache entry {target}; remove it and rerun")
+            aside = target.with_name(f".damaged-{target.name}-{os.getpid()}")
+            os.rename(target, aside)
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _exporting(target: Path) -> Iterator[None]:
+    """Hold the lock of cache entry ``target`` (``.<key>.lock`` beside it), waiting while
+    another process exports the same checkpoint."""
+    import filelock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(target.with_name(f".{target.name}.lock")))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        from logitstore.progress import console
+
+        with console.status(f"waiting for another process exporting the same checkpoint ({target.name})"):
+            lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def parity_error(model: Any, session: Any, sample: list[dict[str, np.ndarray]], names: tuple[str, ...],
@@ -202,34 +270,21 @@ def parity_error(model: Any, session: Any, sample: list[dict[str, np.ndarray]], 
 # truncated model.onnx) counts as missing and is exported again, instead of failing every
 # later build until someone deletes the cache by hand.
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
 
 
-def _cached_info(onnx_path: Path, info_path: Path) -> dict[str, Any] | None:
+def _cached_info(entry: Path) -> dict[str, Any] | None:
     """The cache entry's export.json when the entry is whole, else None (export again)."""
-    try:
-        info = json.loads(info_path.read_text())
-        size = onnx_path.stat().st_size
-    except (OSError, ValueError):
+    info = read_info(entry)  # readable, and model.onnx has the recorded size
+    if info is None:
         return None
-    if not (isinstance(info, dict) and isinstance(info.get("input_names"), list)
-            and isinstance(info.get("parity_max_abs_err"), (int, float))):
-        return None
-    if "onnx_bytes" in info:  # written by this version: size and content must match
-        return info if size == info["onnx_bytes"] and _sha256(onnx_path) == info.get("onnx_sha256") else None
+    if "onnx_bytes" in info:  # written by this version: the content must match too
+        return info if sha256_file(entry / "model.onnx") == info.get("onnx_sha256") else None
     try:  # an older entry: whole if ONNX Runtime can load it
-        make_session(onnx_path, "cpu")
+        make_session(entry / "model.onnx", "cpu")
     except Exception:  # noqa: BLE001 - any load failure means a damaged graph
         return None
     return info

@@ -71,6 +71,9 @@ class StoreMeta(_Meta):
     created_by: str
     pad_token_id: int = 0
     stride: int | None = None
+    #: The one data file every split was read from (``--data FILE``): its ``path``,
+    #: ``sha256`` and ``bytes``; None for a folder or a dataset (added within format 2).
+    source_file: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     format: str = FORMAT_NAME
 
@@ -122,6 +125,8 @@ class SplitMeta(_Meta):
     tokens: int
     content_sha256: str
     complete: bool = False
+    #: Rows whose tokens ``max_length`` cut (None: not recorded; added within format 2).
+    truncated_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,8 @@ class CheckpointMeta(_Meta):
     ``encode_max_abs_err`` is the largest |stored - computed| logit over all splits (0 for
     fp32; the fp16 rounding or int8 quantization error otherwise).
     ``complete`` is set last, only once every split's logits are written.
+    ``split_scores`` holds, per split, the loss and every metric of its stored logits
+    (added within format 2; empty in older stores).
     """
 
     _what = "checkpoint"
@@ -155,6 +162,7 @@ class CheckpointMeta(_Meta):
     step: int | None = None
     build_seconds: float | None = None
     complete: bool = False
+    split_scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""`logitstore info`: a store's splits, checkpoints (with the ths / tll picks) and sizes."""
+"""`logitstore info`: a store's splits, checkpoints (with the ths / tll picks), scores on
+every split, sizes, and one line about the ONNX export cache."""
 from __future__ import annotations
 
 import sys
@@ -7,6 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from logitstore.checkpoints import step_of
+from logitstore.format import StoreMeta
 from logitstore.store import LogitStore, open_store
 from logitstore.verify import Entry, scan, summary
 
@@ -17,6 +20,13 @@ def _status(e: Entry) -> str:
     return "complete" if e.status == "complete" else "[red]incomplete[/]"
 
 
+def _by_step(e: Entry) -> tuple[bool, int, str]:
+    """Checkpoints in training order: by step (from the metadata, else the name), then name;
+    entries without a step last."""
+    step = e.meta.step if e.meta is not None else step_of(e.name)
+    return step is None, step or 0, e.name
+
+
 def print_info(path: Path, console: Console | None = None) -> LogitStore:
     """Print the tables for the store at ``path`` (to stdout) and return the open store."""
     console = console or Console(width=None if sys.stdout.isatty() else 150)
@@ -24,19 +34,49 @@ def print_info(path: Path, console: Console | None = None) -> LogitStore:
     m = store.meta
     console.print(f"[bold]{path}[/]  format v{m.format_version}, {m.task}, labels: {', '.join(m.label_names)}, "
                   f"text: {' + '.join(m.text_columns)}, max length {m.max_length}")
+    if m.source_file:
+        console.print(f"data: {m.source_file['path']} (one file; `logitstore splits {path} --out DIR` writes "
+                      "the splits made from it)")
     # Faults (issue 10): the entries come from a structural check (metadata readable and
     # consistent, every chunk file there; no chunk read), so damaged ones show as damaged
     # instead of complete, and unreadable ones do not stop the listing.
     report = scan(path, read=False)
     split_entries = [e for e in report.entries if e.kind == "split" and e.status != "incomplete"]
-    splits = Table("split", "rows", "tokens", "mean tokens/row", "status", title="splits")
+    console.print(_splits_table(split_entries, m))
+    entries = sorted((e for e in report.entries if e.kind == "checkpoint"), key=_by_step)
+    console.print(_checkpoints_table(store, entries, split_entries))
+    scores = _scores_table(entries, [e.name for e in split_entries])
+    if scores is not None:
+        console.print(scores)
+    for e in report.damaged:
+        console.print(f"[red]damaged[/] {e.name if e.kind in ('root', 'tokenizer') else e.kind + ' ' + e.name}: "
+                      f"{summary(e, limit=2)}")
+    if report.damaged:
+        console.print(f"[red]damaged entries[/]: `logitstore verify {path}` reads every chunk and lists the damage; "
+                      "rerun the same build to repair them")
+    console.print(f"on disk: {store.nbytes_on_disk() / 1e6:.2f} MB "
+                  f"(token ids {store.nbytes_on_disk('splits') / 1e6:.2f} MB, "
+                  f"logits {store.nbytes_on_disk('checkpoints') / 1e6:.2f} MB)")
+    from logitstore.cache import summary_line
+
+    console.print(summary_line())
+    return store
+
+
+def _splits_table(split_entries: list[Entry], m: StoreMeta) -> Table:
+    """One row per split; "cut" counts rows --max-length truncated (blank in older stores)."""
+    splits = Table("split", "rows", "tokens", "mean tokens/row", f"cut at {m.max_length}", "status", title="splits")
     for e in split_entries:
         s = e.meta
+        n = None if s is None else s.truncated_rows
+        cut = "" if n is None else f"{n:,} ({n / max(1, s.rows):.1%})"
         splits.add_row(e.name, "" if s is None else f"{s.rows:,}", "" if s is None else f"{s.tokens:,}",
-                       "" if s is None else f"{s.tokens / max(1, s.rows):.1f}", _status(e))
-    console.print(splits)
+                       "" if s is None else f"{s.tokens / max(1, s.rows):.1f}", cut, _status(e))
+    return splits
 
-    entries = [e for e in report.entries if e.kind == "checkpoint"]
+
+def _checkpoints_table(store: LogitStore, entries: list[Entry], split_entries: list[Entry]) -> Table:
+    m = store.meta
     picks: dict[str, str] = {}
     if all(e.meta is not None for e in entries):  # ths / tll only over a readable checkpoint list
         for pick in ("ths", "tll"):
@@ -58,14 +98,22 @@ def print_info(path: Path, console: Console | None = None) -> LogitStore:
                    c.encoding, c.provider,
                    f"{c.parity_max_abs_err:.1e}", "" if c.encode_max_abs_err is None else f"{c.encode_max_abs_err:.1e}",
                    f"{nbytes / max(1, logits):.2f}", _status(e))
-    console.print(ck)
-    for e in report.damaged:
-        console.print(f"[red]damaged[/] {e.name if e.kind in ('root', 'tokenizer') else e.kind + ' ' + e.name}: "
-                      f"{summary(e, limit=2)}")
-    if report.damaged:
-        console.print(f"[red]damaged entries[/]: `logitstore verify {path}` reads every chunk and lists the damage; "
-                      "rerun the same build to repair them")
-    console.print(f"on disk: {store.nbytes_on_disk() / 1e6:.2f} MB "
-                  f"(token ids {store.nbytes_on_disk('splits') / 1e6:.2f} MB, "
-                  f"logits {store.nbytes_on_disk('checkpoints') / 1e6:.2f} MB)")
-    return store
+    return ck
+
+
+def _scores_table(entries: list[Entry], splits: list[str]) -> Table | None:
+    """Loss and metric of each checkpoint on every split (CheckpointMeta.split_scores);
+    None when no checkpoint records them (stores built before they were recorded)."""
+    done = [e.meta for e in entries if e.meta is not None and e.meta.split_scores]
+    if not done:
+        return None
+    metrics = sorted({c.metric for c in done})
+    table = Table("checkpoint", *[f"{s} {what}" for s in splits for what in ("loss", *metrics)],
+                  title="loss and " + ", ".join(metrics) + " on every split (from the stored logits)")
+    for c in done:
+        cells = []
+        for s in splits:
+            got = c.split_scores.get(s, {})
+            cells += [f"{got[k]:.4f}" if k in got else "" for k in ("loss", *metrics)]
+        table.add_row(c.name, *cells)
+    return table

@@ -1,4 +1,5 @@
-"""One writer at a time: an exclusive lock on a store (or on any folder, e.g. a sweep's).
+"""One writer at a time: an exclusive lock on a store (or on any folder, e.g. a sweep's),
+and a shared lock for many users of a folder that one writer may clean (the export cache).
 
     from logitstore.lock import exclusive
 
@@ -86,6 +87,37 @@ def exclusive(path: str | os.PathLike[str], what: str = "build", thing: str = "s
         with contextlib.suppress(OSError):
             owner_file.unlink()
         lock.release()
+
+
+@contextlib.contextmanager
+def shared(path: str | os.PathLike[str], wait: float = 120.0, thing: str = "folder") -> Iterator[None]:
+    """Hold ``path``'s lock *shared* for the ``with`` block: any number of holders at once,
+    while :func:`exclusive` refuses (e.g. builds using the export cache, and its prune).
+    Waits up to ``wait`` seconds while an exclusive holder has it, then raises
+    StoreLockedError. Same lock file as :func:`exclusive` (an OS ``flock``, dropped when
+    the holder ends); no owner file is written. Where the OS has no ``flock``, nothing is
+    locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock_file = lock_path(path)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreLockedError(_held_message(path, "writer", thing)) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _write_owner(owner_file: Path, what: str) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -209,11 +209,10 @@ def repair_checkpoint(store: Any, ck: Any, meta: CheckpointMeta, cfg: Any, split
             if d.chunk is not None and d.node.split("/")[2] == split:
                 _delete_chunk(raw, store, d.node, d.chunk)
         done += _write_blocks(store, ck.name, splits[split], session, cfg, meta.encoding, ranges, keep_complete=True)
-    val = store.meta.validation_split
-    if val in whole or val in plan.blocks.get(ck.name, {}):  # its loss and score come from these logits
-        scores = task.scores(store.read_logits(ck.name, val), splits[val], store.meta.label_names)
-        store.put_checkpoint(replace(meta, val_loss=scores["loss"], val_score=scores[meta.metric],
-                                     val_scores={k: v for k, v in scores.items() if k != "loss"}))
+    if whole or plan.blocks.get(ck.name):  # the scores come from these logits
+        from logitstore.scoring import scored
+
+        store.put_checkpoint(scored(store, meta, splits))
     console.print(f"checkpoint [bold]{ck.name}[/]: repaired {done} block{'s' * (done != 1)}"
                   + (f" ({', '.join(sorted(whole))} rebuilt whole)" if whole else ""))
     return done

@@ -74,7 +74,8 @@ class SplitData:
     no label) and (R, 2) start/end token positions for QA. QA splits also carry
     ``offset_mapping`` (T, 2) (character span in the context of each context token, -1
     elsewhere), ``window_of`` (R,) (the example each window belongs to), and per example
-    ``contexts`` and gold ``answers``.
+    ``contexts`` and gold ``answers``. ``truncated_rows``: rows whose tokens ``max_length``
+    cut (set by the task's tokenize; None when not known, e.g. read back from a store).
     """
 
     name: str
@@ -87,6 +88,7 @@ class SplitData:
     window_of: np.ndarray | None = None
     contexts: list[str] | None = None
     answers: list[list[str]] | None = None
+    truncated_rows: int | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -82,7 +82,8 @@ class StoreWriter(LogitStore):
     def write_split(self, data: SplitData, content_sha256: str) -> SplitMeta:
         """Write one split (replacing an incomplete one) and mark it complete last."""
         g = self._root.require_group("splits").create_group(data.name, overwrite=True)
-        meta = SplitMeta(data.name, len(data), int(data.offsets[-1]), content_sha256, complete=False)
+        meta = SplitMeta(data.name, len(data), int(data.offsets[-1]), content_sha256, complete=False,
+                         truncated_rows=data.truncated_rows)
         g.attrs[ATTR] = meta.to_dict()
         for key, (values, chunk) in _split_arrays(data).items():
             # -1 marks a missing chunk; offset_mapping holds -1 itself, so its fill is -2.

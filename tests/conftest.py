@@ -88,6 +88,16 @@ def tiny_data(tmp_path_factory) -> Path:
     return write_csv_splits(tmp_path_factory.mktemp("data"), {"train": 120, "validation": 40, "test": 30})
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_caches_for_the_session(tmp_path_factory):
+    """The same for session and module fixtures, which run before the function-scoped one
+    below: no test writes ONNX exports into the user's ~/.cache/logitstore."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
+        mp.setenv("LOGITSTORE_CACHE", str(tmp_path_factory.getbasetemp() / "logitstore-cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _private_hf_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))

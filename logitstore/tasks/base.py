@@ -163,6 +163,26 @@ def need_fast(tokenizer: Any, what: str) -> None:
                         "save the teacher with a tokenizer.json (AutoTokenizer(..., use_fast=True))")
 
 
+def count_truncated(tokenizer: Any, lengths: np.ndarray, max_length: int, *columns: Sequence[Any],
+                    **options: Any) -> int:
+    """How many rows ``max_length`` cut: of the rows that reached it (``lengths`` (R,), the
+    truncated token counts), those whose untruncated encoding is longer. ``columns`` are the
+    tokenizer's positional inputs as tokenized (one list per text column) and ``options``
+    its other arguments (e.g. is_split_into_words); only rows at the cap are tokenized again."""
+    at_cap = np.flatnonzero(lengths >= max_length)
+    if not len(at_cap):
+        return 0
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "sequence longer than the model's maximum": what is being counted
+    try:
+        full = tokenizer(*[[c[i] for i in at_cap] for c in columns], truncation=False, **options)["input_ids"]
+    finally:
+        hf_logging.set_verbosity(level)
+    return int(sum(len(r) > max_length for r in full))
+
+
 def content_sha256(rows: Any) -> str:
     """sha256 over rows of JSON-able values, one JSON document each (what a split's content
     hash covers)."""

@@ -15,7 +15,7 @@ import numpy as np
 from logitstore.errors import DataError
 from logitstore.metrics import accuracy, cross_entropy, macro_f1
 from logitstore.store import SplitData, ragged
-from logitstore.tasks.base import KDTerm, Task, content_sha256, generic_label_names
+from logitstore.tasks.base import KDTerm, Task, content_sha256, count_truncated, generic_label_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -82,14 +82,15 @@ class SequenceClassification(Task):
         raw_labels = ds[cfg.label_column]
         labels = np.fromiter((label_map[v] for v in raw_labels), dtype=np.int64, count=len(raw_labels))
         example_ids = np.asarray(ds["__example_id"], dtype=np.int64)
-        enc = tokenizer(*[list(map(str, c)) for c in cols], truncation=True, max_length=cfg.max_length,
-                        return_token_type_ids=True)
+        texts = [list(map(str, c)) for c in cols]
+        enc = tokenizer(*texts, truncation=True, max_length=cfg.max_length, return_token_type_ids=True)
         flat, offsets = ragged(enc["input_ids"], np.int32)
         tt = None
         if "token_type_ids" in input_names and len(cfg.text_columns) == 2:
             tt, _ = ragged(enc["token_type_ids"], np.int8)
         sha = content_sha256(zip(*cols, labels.tolist(), example_ids.tolist()))
-        return SplitData(name, flat, offsets, labels, example_ids, tt), sha
+        cut = count_truncated(tokenizer, np.diff(offsets), cfg.max_length, *texts)  # a cut text (or pair)
+        return SplitData(name, flat, offsets, labels, example_ids, tt, truncated_rows=cut), sha
 
     def scores(self, logits: np.ndarray, split: SplitData, label_names: list[str]) -> dict[str, float]:
         """Mean CE over rows; accuracy, macro-F1. ``logits`` (R, C), labels (R,)."""

@@ -18,7 +18,8 @@ import numpy as np
 from logitstore.errors import DataError
 from logitstore.metrics import accuracy, cross_entropy
 from logitstore.store import SplitData, ragged
-from logitstore.tasks.base import IGNORE, KDTerm, Task, content_sha256, generic_label_names, need_fast
+from logitstore.tasks.base import (IGNORE, KDTerm, Task, content_sha256, count_truncated, generic_label_names,
+                                   need_fast)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -234,14 +235,16 @@ class TokenClassification(Task):
                 raise DataError(f"split {name!r} row {i}: {words_col!r} must be a non-empty list of words as long "
                                 f"as its {tags_col!r} list ({len(t) if isinstance(t, (list, tuple)) else '?'}); "
                                 "fix the row")
-        enc = tokenizer([list(map(str, w)) for w in words], is_split_into_words=True, truncation=True,
-                        max_length=cfg.max_length)
+        texts = [list(map(str, w)) for w in words]
+        enc = tokenizer(texts, is_split_into_words=True, truncation=True, max_length=cfg.max_length)
         labels = [align_labels(enc.word_ids(i), [label_map[x] for x in t]) for i, t in enumerate(tags)]
         flat, offsets = ragged(enc["input_ids"], np.int32)
         flat_labels, _ = ragged(labels, np.int64)
         example_ids = np.asarray(ds["__example_id"], dtype=np.int64)
         sha = content_sha256(zip(words, labels, example_ids.tolist()))
-        return SplitData(name, flat, offsets, flat_labels, example_ids), sha
+        # a row is cut when it lost tokens (words past the cap have no token, so no label)
+        cut = count_truncated(tokenizer, np.diff(offsets), cfg.max_length, texts, is_split_into_words=True)
+        return SplitData(name, flat, offsets, flat_labels, example_ids, truncated_rows=cut), sha
 
     def scores(self, logits: np.ndarray, split: SplitData, label_names: list[str]) -> dict[str, float]:
         """Over the labelled tokens of ``logits`` (T, C): mean CE, entity scores, accuracy."""

@@ -354,7 +354,8 @@ class QuestionAnswering(Task):
         data = SplitData(name, win.input_ids.astype(np.int32), win.offsets, win.labels.astype(np.int64),
                          example_ids[win.window_of], win.token_type_ids.astype(np.int8), win.offset_mapping,
                          win.window_of, [r["context"] for r in records],
-                         [list(r["answers"]["text"]) for r in records])
+                         [list(r["answers"]["text"]) for r in records],
+                         truncated_rows=0)  # windows cover the context; a question too long is refused, not cut
         return data, h.hexdigest()
 
     def teacher_problem(self, num_labels: int, label_names: list[str], store_labels: list[str]) -> str | None:

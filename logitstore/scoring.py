@@ -1,0 +1,28 @@
+"""What a checkpoint entry records about its stored logits: the loss and every task metric
+on each split (``split_scores``), and the validation ones that rank checkpoints (ths/tll).
+
+Scores come from the *stored* logits (after encoding), against each split's gold labels,
+by the task's ``scores`` (logitstore/tasks/). The build and a repair call this once an
+entry's logits are all written.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from logitstore.format import CheckpointMeta
+from logitstore.store import SplitData
+from logitstore.tasks import get_task
+
+
+def scored(store: Any, meta: CheckpointMeta, splits: dict[str, SplitData]) -> CheckpointMeta:
+    """``meta`` with ``split_scores`` ({split: {"loss": x, metric: y, ...}}) for every split in
+    ``splits`` (all hold gold labels), and ``val_loss``, ``val_score`` (``meta.metric``) and
+    ``val_scores`` from the store's validation split. ``store``: an open LogitStore whose
+    logits of ``meta.name`` are complete for those splits; raises StoreCorruptError otherwise."""
+    task = get_task(store.meta.task)
+    scores = {name: task.scores(store.read_logits(meta.name, name), data, store.meta.label_names)
+              for name, data in splits.items()}
+    val = scores[store.meta.validation_split]
+    return replace(meta, val_loss=val["loss"], val_score=val[meta.metric],
+                   val_scores={k: v for k, v in val.items() if k != "loss"}, split_scores=scores)
