@@ -89,10 +89,11 @@ class OnnxTeacher:
                                         threads=torch.get_num_threads(), spinning=False).session
         except ProviderError as exc:  # ONNX Runtime is not installed
             raise OnlineTeacherError(f"{exc}; or use --online pytorch") from exc
-        except Exception as exc:
+        except Exception as exc:  # e.g. the export cache entry was pruned (`logitstore cache --prune`)
             raise OnlineTeacherError(
                 f"cannot open the ONNX model {path} of checkpoint {meta.name!r} ({type(exc).__name__}); "
-                "rebuild the store, or use --online pytorch"
+                f"export it again with `logitstore export {meta.source_path}` (same torch version: same path), "
+                "or use --online pytorch"
             ) from exc
         self.device = device
         self.inputs = [(i.name, self._DTYPES.get(i.type)) for i in self.session.get_inputs()]

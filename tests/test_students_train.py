@@ -309,3 +309,20 @@ def test_real_process_exit_code_and_debug_traceback(bad_inputs, tmp_path):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
     with pytest.raises(FormatVersionError):
         main(args + ["--debug"])
+
+
+def test_online_onnx_after_the_export_was_pruned_says_how_to_restore_it(fp32_store, tmp_path, capsys):
+    """`logitstore cache --prune` may remove the graph a store recorded: --online onnx then says
+    to export it again (which puts it back at the same path), not to rebuild the store."""
+    from logitstore import open_store
+
+    ck = open_store(fp32_store).checkpoint("checkpoint-10")
+    graph = Path(ck.onnx_path)
+    saved = graph.read_bytes()
+    graph.write_bytes(b"")  # what a pruned or damaged entry leaves behind
+    try:
+        assert main(_cli(fp32_store, tmp_path / "out", "--teacher", "checkpoint-10", "--online", "onnx")) == 2
+    finally:
+        graph.write_bytes(saved)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"logitstore export {ck.source_path}" in err[0], err
