@@ -19,6 +19,7 @@ Every problem message ends "Got X instead". Nothing here imports torch.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -170,6 +171,8 @@ class TrainConfig:
     ``memory_budget_mb`` and streams them otherwise. ``save_checkpoints`` also saves the
     student at every evaluation as ``OUT/checkpoint-<step>`` (the transformers layout), e.g.
     when fine-tuning a teacher with alpha 0 whose checkpoints then go into the store.
+    ``threads`` is the CPU threads of torch and of an online ONNX teacher (None:
+    ``default_threads()``); it changes speed, not results, so it is not in run keys.
     """
 
     store: str
@@ -200,6 +203,7 @@ class TrainConfig:
     group_by_length: bool = False
     progress: bool = True
     save_checkpoints: bool = False
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -223,6 +227,8 @@ class TrainConfig:
         for name in ("layers", "eval_batch_size"):
             if getattr(self, name) < 1:
                 p.append(f"{name.replace('_', ' ')} must be >= 1. Got {getattr(self, name)} instead")
+        if self.threads is not None and self.threads < 1:
+            p.append(f"threads must be >= 1 or unset. Got {self.threads} instead")
         if self.eval_every is not None and self.eval_every < 1:
             p.append(f"eval every must be >= 1 or unset. Got {self.eval_every} instead")
         if self.online is not None and self.online not in ONLINE_KINDS:
@@ -251,6 +257,15 @@ class TrainConfig:
         """A TrainConfig from a dict such as run_config.json (keys that are not fields are ignored)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def default_threads() -> int:
+    """The CPU threads this process may use: the CPUs of its affinity mask (a container's or
+    `taskset`'s limit, not the machine's count), capped by OMP_NUM_THREADS when that is a
+    number >= 1."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(n, int(omp)) if omp.isdigit() and int(omp) >= 1 else n
 
 
 def output_dir(path: str | Path, flag: str = "--out", create: bool = True) -> Path:

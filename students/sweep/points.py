@@ -20,8 +20,8 @@ from rich.console import Console
 from students.config import TrainConfig
 
 RUNS_DIR = "runs"
-# TrainConfig fields that name where a run lives or how it prints, not what it computes.
-NOT_IN_KEY = ("store", "out", "progress")
+# TrainConfig fields that name where a run lives, how it prints or how fast it runs, not what it computes.
+NOT_IN_KEY = ("store", "out", "progress", "threads")
 _ADDED_OPTIONS = {"group_by_length": False}  # TrainConfig fields newer than the key format, and their defaults
 
 
