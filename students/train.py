@@ -78,6 +78,7 @@ class TrainResult:
     losses: list[float]
     train_seconds: float
     examples_per_s: float
+    teacher_score: float | None = None  # the teacher checkpoint's validation score (CheckpointMeta), None without one
 
 
 @torch.no_grad()
@@ -292,7 +293,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     student.save_pretrained(out)
     run.store.save_tokenizer(out)
     result = TrainResult(out, name, run.metric, step, best_step, best_result, test, losses, train_seconds,
-                         examples / train_seconds)
+                         examples / train_seconds, run.ckpt.val_score if run.ckpt else None)
     _write_summary(result, console)
     return result
 

@@ -113,7 +113,8 @@ def test_greedy_visits_the_documented_configurations_in_order_and_keeps_only_imp
         assert got.r == pytest.approx(r, abs=1e-12), name
         # seeds 0 and 1 differ by 0.001 everywhere: the spread is the std of that pair
         assert got.spread == pytest.approx(0.001 / 2 ** 0.5)
-        assert got.exceeds_spread == (name != "student_temperature")
+        assert Point.from_dict(got.alternative_point) == replace(Point.from_dict(got.default_point),
+                                                                 **{name: got_value(name, alt)})
     # a second greedy pass finds every run done
     CALLS.clear()
     assert run_sweep(SweepConfig("fake.zarr", str(tmp_path / "sweep"), "greedy", SPACE), fake_run,
@@ -230,7 +231,9 @@ def test_report_writes_plots_and_markdown(tmp_path, capsys):
         assert (tmp_path / "rep" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Rewards" in md and "greedy winner" in md and "Hinton" in md and "no KD" in md
-    assert "greedy winner vs Hinton on test" in md and "exceeds the seed spread" in md
+    assert "greedy winner vs Hinton on test" in md and "seed spread" not in md
+    # fake_val moves every seed by the same 0.001: no variance of the differences, so no t-test
+    assert "(+0.0800; t-test undefined: the same difference at each of 2 seeds)" in md
     assert "| L2 | distance | ce -> mse | -0.0500 |" in md
     out = capsys.readouterr().out
     assert "rewards" in out and "greedy winner" in out

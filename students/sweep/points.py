@@ -90,6 +90,7 @@ class RunOutcome:
     best_step: int = 0
     val_eval: dict[str, Any] | None = None
     test_eval: dict[str, Any] | None = None
+    teacher_score: float | None = None  # the teacher checkpoint's validation score, for the report's reference line
 
 
 def train_run(config: TrainConfig) -> RunOutcome:
@@ -99,7 +100,7 @@ def train_run(config: TrainConfig) -> RunOutcome:
     r = train(config, console=Console(quiet=True))
     return RunOutcome(r.metric, r.best.score(r.metric), r.test.score(r.metric) if r.test else None, r.checkpoint,
                       round(r.train_seconds, 4), r.steps, r.best_step, r.best.to_dict(),
-                      r.test.to_dict() if r.test else None)
+                      r.test.to_dict() if r.test else None, r.teacher_score)
 
 
 @dataclass(frozen=True)

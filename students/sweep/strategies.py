@@ -37,7 +37,9 @@ RunPoints = Callable[[list[Point], str], Mapping[Point, PointStats]]
 @dataclass(frozen=True)
 class Reward:
     """R = mean validation metric with ``alternative`` minus with ``default`` (same stage).
-    ``spread`` is the larger seed std of the two (None with one seed)."""
+    ``spread`` is the larger seed std of the two (None with one seed); the two configurations
+    are recorded (``*_point``, Point.to_dict(); None in sweeps recorded before) so that the
+    report can pair their runs seed by seed."""
 
     layers: int
     parameter: str
@@ -46,10 +48,8 @@ class Reward:
     r: float
     spread: float | None
     kept: bool
-
-    @property
-    def exceeds_spread(self) -> bool | None:
-        return None if self.spread is None else abs(self.r) > self.spread
+    default_point: dict[str, Any] | None = None
+    alternative_point: dict[str, Any] | None = None
 
 
 @dataclass
@@ -103,7 +103,7 @@ def _stage(param: str, current: Point, values: Iterable[Any], stats: Mapping[Poi
     chosen = best if keep_best and stats[best].val_mean > base.val_mean else cur  # ties keep current
     spread = lambda a: max(a.val_std, base.val_std) if min(a.n, base.n) > 1 else None  # noqa: E731
     rewards = [Reward(cur.layers, param, _value(getattr(cur, param)), _value(getattr(a, param)),
-                      stats[a].val_mean - base.val_mean, spread(stats[a]), a == chosen)
+                      stats[a].val_mean - base.val_mean, spread(stats[a]), a == chosen, cur.to_dict(), a.to_dict())
                for a in ([best] if param in TUNED else others)]
     record = {"parameter": param, "candidates": [{"point": c.to_dict(), "val_mean": stats[c].val_mean}
                                                  for c in cands], "chosen": chosen.to_dict()}
