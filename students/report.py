@@ -83,9 +83,11 @@ class SweepReport:
 
     def untestable(self, r: Reward) -> bool:
         """The two values of ``r`` name the same teacher checkpoint (or the same runs)."""
-        same = r.parameter == "teacher" and self.teachers.get(r.default, 1) == self.teachers.get(r.alternative, 2)
+        ckpt_a, ckpt_b = self.teachers.get(r.default), self.teachers.get(r.alternative)
+        if r.parameter == "teacher" and ckpt_a is not None and ckpt_a == ckpt_b:
+            return True
         a, b = self.row(r.default_point), self.row(r.alternative_point)
-        return same or (a is not None and a is b)
+        return a is not None and a is b
 
     def reward_test(self, r: Reward) -> PairedTest | None:
         """The paired t-test over seeds of the reward's validation metrics (None: its
@@ -197,6 +199,8 @@ def _compare(report: SweepReport, name_a: str, a: Point, name_b: str, b: Point) 
     ra, rb = report.row(a), report.row(b)
     if ra is None or rb is None:
         return None
+    if a == b:
+        return f"the {name_a} is {name_b}"
     if ra is rb:
         return f"{name_a} and {name_b} are the same runs here (ths = tll)"
     use_test = ra.stats.test_mean is not None and rb.stats.test_mean is not None

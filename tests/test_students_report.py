@@ -102,6 +102,7 @@ def test_the_report_states_its_test_and_does_not_claim_the_spread(cli_sweep, one
     out, _ = cli_sweep
     md = (out / "report.md").read_text()
     assert "seed spread" not in md and "exceeds" not in md
+    assert "- L1: the greedy winner is Hinton" in md  # the teacher stage kept ths: no change, nothing to test
     assert "paired t-test over seeds" in md and "not significant" in md  # explained, and used
     line = next(x for x in md.splitlines() if x.startswith("- L1: Hinton vs no KD on test"))
     assert re.search(r"\((significant|not significant) \(paired t-test over 2 seeds, p = [\d.e-]+\)|t-test undefined"
