@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import get_args, get_type_hints
 
 from logitstore.errors import LogitStoreError, run_cli
-from students.config import DISTANCES, MODES, ONLINE_KINDS, SCHEDULES, STUDENT_TEMPERATURES, TrainConfig
+from students.config import (DISTANCES, MODES, ONLINE_KINDS, SCHEDULES, STUDENT_TEMPERATURES, TrainConfig,
+                             default_threads)
 from students.errors import StudentsError
 from students.sweep.space import SPACE_KEYS, SweepSpace
+from students.sweep.recipe import SAVE_MODELS
 from students.sweep.strategies import STRATEGIES
 
 USER_ERRORS = (LogitStoreError, StudentsError)
@@ -77,6 +79,9 @@ OPTIONS = (
            "optimisation", metavar="N"),
     Option("device", "cpu, cuda, cuda:N, mps or auto (cuda when torch sees a GPU, else cpu)", "runtime",
            metavar="NAME"),
+    Option("threads", "CPU threads of torch and of an online ONNX teacher; a sweep with --workers N gives each "
+           f"run THREADS // N (default: the CPUs this process may use, capped by OMP_NUM_THREADS: "
+           f"{default_threads()} here)", "runtime", metavar="N"),
     Option("memory_budget_mb", "logits of a split larger than this are streamed by chunks instead of read into "
            "RAM", "runtime", metavar="MB"),
     Option("loader", "ram = read the logits into RAM, stream = read them chunk by chunk, auto = by "
@@ -172,8 +177,12 @@ def _add_sweep(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         v.add_argument("--" + key.replace("_", "-"), default=None, metavar=metavar, help=f"{text} [{shown}]",
                        type=float if key.startswith("base_") else str)
     w.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="run N configurations at once in separate processes, each with cores/N torch threads "
-                        "(default: 1, in this process)")
+                   help="run N configurations at once in separate processes, each with --threads // N torch "
+                        "threads (default: 1, in this process)")
+    w.add_argument("--save-models", default="best", choices=SAVE_MODELS,
+                   help="which runs keep their student model once the sweep completes: best = per student size "
+                        "the best seed of the winner and of each baseline (hinton, recommended, no KD); all; none. "
+                        "Every run keeps its metrics (default: best)")
     _add_options(w, "sweep", "training options of every run (as in `students train`)")
 
 
@@ -210,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
 
         space = load_space(args.space, {k: getattr(args, k) for k in SPACE_KEYS})
         template = TrainConfig(store=args.store, out=args.out, progress=False, **config_kwargs(args, "sweep"))
-        run_sweep(SweepConfig(args.store, args.out, args.strategy, space, args.workers, template))
+        run_sweep(SweepConfig(args.store, args.out, args.strategy, space, args.workers, template, args.save_models))
         return 0
     if args.command == "report":
         from students.report import write_report

@@ -1,13 +1,17 @@
 """Tables, plots and a markdown summary of a sweep folder: the recipe behind `students report`.
 
     SWEEP_DIR/sweep.json + results.jsonl -> rows (configuration, metric mean ± std over
-    seeds, cost) and rewards -> rich table on the console, rewards.png, metrics.png and
-    report.md (in SWEEP_DIR or --out)
+    seeds, cost) and rewards, each comparison with a paired t-test over seeds
+    (students/stats.py) -> rich table on the console, rewards.png, metrics.png
+    (students/plots.py) and report.md (in SWEEP_DIR or --out)
 
 Only the runs of the sweep that sweep.json describes count (records are matched by their
 run key, so results of an earlier sweep with other training options in the same folder
-are left out). The report reads files only: it can run while a sweep is still going, and
-then says the sweep is incomplete.
+are left out). A configuration that is another one under a second name of the same teacher
+checkpoint (ths = tll: its runs are recorded ``same_run_as``) is not listed as a run of its
+own, and a reward between two names of one checkpoint says "not testable here". The report
+reads files (and, for runs recorded before the teacher's score was, the store's metadata):
+it can run while a sweep is still going, and then says the sweep is incomplete.
 """
 from __future__ import annotations
 
@@ -20,27 +24,40 @@ from rich.console import Console
 from rich.table import Table
 
 from students.config import TrainConfig
+from students.stats import LEVEL, PairedTest, paired_t_test
 from students.sweep import (MANIFEST, RESULTS, LayersOutcome, Point, PointStats, ResultsFileError, Reward,
                             load_results, point_stats, read_manifest, run_config, run_key)
-
-MAX_PLOT_ROWS = 40  # configurations drawn in metrics.png (the marked ones always are)
 
 
 @dataclass
 class Row:
-    """One configuration of the report: its stats and the roles it plays."""
+    """One configuration of the report: its stats, its runs (one record per seed), the roles
+    it plays, and ``copies``: configurations that are this one under another teacher name
+    (ths and tll resolving to the same checkpoint; recorded ``same_run_as``), not listed apart."""
 
     stats: PointStats
+    records: list[dict[str, Any]]
     roles: list[str] = field(default_factory=list)
+    copies: list[Point] = field(default_factory=list)
 
     @property
     def point(self) -> Point:
         return self.stats.point
 
+    def label(self) -> str:
+        same = sorted({c.teacher for c in self.copies} - {self.point.teacher})
+        return self.point.label() + (f" (= {', '.join(same)}: same checkpoint)" if same else "")
+
+    def values(self, split: str) -> dict[int, float]:
+        """Seed -> metric on ``split`` ("val" or "test")."""
+        return {r["seed"]: r[split] for r in self.records if r.get(split) is not None}
+
 
 @dataclass
 class SweepReport:
-    """Everything the report shows; ``rows`` by student size, best validation first."""
+    """Everything the report shows; ``rows`` by student size, best validation first.
+    ``teachers``: teacher value -> checkpoint (from the store when the sweep ran; may be
+    empty); ``teacher_scores``: checkpoint -> (validation score, the values naming it)."""
 
     sweep_dir: Path
     strategy: str
@@ -50,11 +67,98 @@ class SweepReport:
     rows: dict[int, list[Row]]
     outcomes: list[LayersOutcome]
     ignored: int  # records in results.jsonl that belong to no run of this sweep
+    teachers: dict[str, str] = field(default_factory=dict)
+    teacher_scores: dict[str, tuple[float, str]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
     @property
     def rewards(self) -> list[Reward]:
         return [r for o in self.outcomes for r in o.rewards]
+
+    def row(self, p: Point | dict[str, Any] | None) -> Row | None:
+        """The row of configuration ``p``, also when ``p`` is a copy listed under another row."""
+        p = Point.from_dict(p) if isinstance(p, dict) else p
+        return None if p is None else next((r for r in self.rows.get(p.layers, []) if p == r.point or p in r.copies),
+                                           None)
+
+    def untestable(self, r: Reward) -> bool:
+        """The two values of ``r`` name the same teacher checkpoint (or the same runs)."""
+        ckpt_a, ckpt_b = self.teachers.get(r.default), self.teachers.get(r.alternative)
+        if r.parameter == "teacher" and ckpt_a is not None and ckpt_a == ckpt_b:
+            return True
+        a, b = self.row(r.default_point), self.row(r.alternative_point)
+        return a is not None and a is b
+
+    def reward_test(self, r: Reward) -> PairedTest | None:
+        """The paired t-test over seeds of the reward's validation metrics (None: its
+        configurations were not recorded, a sweep.json written before the report paired them)."""
+        a, b = self.row(r.alternative_point), self.row(r.default_point)
+        return None if a is None or b is None else paired_test(a, b, "val")
+
+    def reward_note(self, r: Reward, short: bool = False) -> str:
+        """What can be said of ``r``: not testable (ths = tll), else its test's verdict."""
+        if self.untestable(r):
+            return f"not testable here ({r.default} = {r.alternative})"
+        test = self.reward_test(r)
+        if test is None:
+            return "no test: rerun the sweep to record its pairs"
+        return test.short() if short else test.verdict()
+
+
+def paired_test(a: Row, b: Row, split: str) -> PairedTest:
+    """The paired t-test over the seeds both rows ran, of a - b on ``split``."""
+    va, vb = a.values(split), b.values(split)
+    seeds = sorted(va.keys() & vb.keys())
+    return paired_t_test([va[s] for s in seeds], [vb[s] for s in seeds])
+
+
+def _groups(d: Path, manifest: dict[str, Any], records: dict[str, dict[str, Any]]) -> dict[Point, list[dict]]:
+    """The records of the sweep ``manifest`` describes, by configuration."""
+    template = TrainConfig(store=manifest["store"], out=str(d), **manifest["train_options"])
+    seeds = set(manifest["space"]["seeds"])
+    groups: dict[Point, list[dict[str, Any]]] = {}
+    for key, rec in records.items():
+        p = Point.from_dict(rec["point"])
+        if rec["seed"] in seeds and run_key(run_config(template, p, rec["seed"], d)) == key:
+            groups.setdefault(p, []).append(rec)
+    return groups
+
+
+def _rows(groups: dict[Point, list[dict]], records: dict[str, dict], roles: dict[Point, list[str]]
+          ) -> dict[int, list[Row]]:
+    """One row per configuration that trained; a configuration whose every run is a copy
+    (same_run_as) joins the row of the runs it copies, with its roles."""
+    original = {p: Point.from_dict(records[rs[0]["same_run_as"]]["point"]) for p, rs in groups.items()
+                if all("same_run_as" in r and r["same_run_as"] in records for r in rs)}
+    original = {p: o for p, o in original.items() if o in groups and o not in original}
+    by_point = {p: Row(point_stats(p, rs), sorted(rs, key=lambda r: r["seed"]), list(roles.get(p, [])))
+                for p, rs in groups.items() if p not in original}
+    for p, o in original.items():
+        by_point[o].copies.append(p)
+        by_point[o].roles += [x for x in roles.get(p, []) if x not in by_point[o].roles]
+    rows: dict[int, list[Row]] = {}
+    for row in by_point.values():
+        rows.setdefault(row.point.layers, []).append(row)
+    for k in rows:
+        rows[k].sort(key=lambda r: (-r.stats.val_mean, not r.roles, r.label()))  # ties: marked first
+    return dict(sorted(rows.items()))
+
+
+def _teacher_scores(store: str, groups: dict[Point, list[dict]], teachers: dict[str, str]
+                    ) -> dict[str, tuple[float, str]]:
+    """Checkpoint -> (its validation score, the teacher values naming it), from the run
+    records, else (records written before they held it) from the store when it still opens."""
+    scores = {r["checkpoint"]: r.get("teacher_score") for rs in groups.values() for r in rs if r.get("checkpoint")}
+    if any(v is None for v in scores.values()):
+        try:
+            from logitstore.store import open_store
+
+            opened = open_store(store)
+            scores.update({c: opened.select(c).val_score for c, v in scores.items() if v is None})
+        except Exception:  # no store any more: no reference line for those checkpoints
+            pass
+    names = {c: ", ".join(t for t, x in teachers.items() if x == c) for c in scores}
+    return {c: (float(v), names[c]) for c, v in sorted(scores.items()) if v is not None}
 
 
 def load_report(sweep_dir: str | os.PathLike[str]) -> SweepReport:
@@ -63,18 +167,12 @@ def load_report(sweep_dir: str | os.PathLike[str]) -> SweepReport:
     manifest = read_manifest(d)
     if manifest is None:
         raise ResultsFileError(f"{d} holds no {MANIFEST}; run `students sweep --out {d}` first")
+    records = load_results(d)
     try:
-        template = TrainConfig(store=manifest["store"], out=str(d), **manifest["train_options"])
-        seeds = set(manifest["space"]["seeds"])
+        groups = _groups(d, manifest, records)
         outcomes = [LayersOutcome.from_dict(o) for o in manifest["outcomes"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise ResultsFileError(f"{d / MANIFEST} is not a sweep manifest ({exc}); rerun the sweep to rewrite it") from exc
-    records = load_results(d)
-    groups: dict[Point, list[dict[str, Any]]] = {}
-    for key, rec in records.items():
-        p = Point.from_dict(rec["point"])
-        if rec["seed"] in seeds and run_key(run_config(template, p, rec["seed"], d)) == key:
-            groups.setdefault(p, []).append(rec)
     metric = next((r["metric"] for rs in groups.values() for r in rs), "metric")
     roles: dict[Point, list[str]] = {}
     for o in outcomes:
@@ -82,14 +180,11 @@ def load_report(sweep_dir: str | os.PathLike[str]) -> SweepReport:
         for name, p in ((winner, o.winner), ("Hinton", o.hinton), ("recommended", o.recommended),
                         ("no KD", o.no_kd)):
             roles.setdefault(p, []).append(name)
-    rows: dict[int, list[Row]] = {}
-    for p, rs in groups.items():
-        rows.setdefault(p.layers, []).append(Row(point_stats(p, rs), roles.get(p, [])))
-    for k in rows:
-        rows[k].sort(key=lambda r: (-r.stats.val_mean, not r.roles, r.point.label()))  # ties: marked first
+    teachers = dict((manifest.get("store_identity") or {}).get("teachers") or {})
     used = sum(len(rs) for rs in groups.values())
     return SweepReport(d, manifest["strategy"], manifest["store"], metric, manifest["status"] == "complete",
-                       dict(sorted(rows.items())), outcomes, len(records) - used)
+                       _rows(groups, records, roles), outcomes, len(records) - used, teachers,
+                       _teacher_scores(manifest["store"], groups, teachers))
 
 
 # ---------------------------------------------------------------------------- text
@@ -99,32 +194,20 @@ def _pm(mean: float | None, std: float | None, n: int) -> str:
     return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
 
 
-def _exceeds(r: Reward) -> str:
-    e = r.exceeds_spread
-    return "n/a (1 seed)" if e is None else ("yes" if e else "no")
-
-
-def _find(report: SweepReport, p: Point) -> PointStats | None:
-    return next((r.stats for r in report.rows.get(p.layers, []) if r.point == p), None)
-
-
 def _compare(report: SweepReport, name_a: str, a: Point, name_b: str, b: Point) -> str | None:
-    """One line: test (else validation) difference of a over b, and whether it exceeds the spread."""
-    sa, sb = _find(report, a), _find(report, b)
-    if sa is None or sb is None:
+    """One line: the test (else validation) difference of a over b and its paired t-test over seeds."""
+    ra, rb = report.row(a), report.row(b)
+    if ra is None or rb is None:
         return None
-    use_test = sa.test_mean is not None and sb.test_mean is not None
+    if a == b:
+        return f"the {name_a} is {name_b}"
+    if ra is rb:
+        return f"{name_a} and {name_b} are the same runs here (ths = tll)"
+    use_test = ra.stats.test_mean is not None and rb.stats.test_mean is not None
     split = "test" if use_test else "validation"
-    ma, mb = (sa.test_mean, sb.test_mean) if use_test else (sa.val_mean, sb.val_mean)
-    sda, sdb = (sa.test_std, sb.test_std) if use_test else (sa.val_std, sb.val_std)
-    diff = ma - mb
-    if min(sa.n, sb.n) > 1:
-        spread = max(sda, sdb)
-        verdict = "exceeds" if abs(diff) > spread else "within"
-        tail = f"{verdict} the seed spread ({spread:.4f})"
-    else:
-        tail = "one seed: spread unknown"
-    return f"{name_a} vs {name_b} on {split}: {ma:.4f} vs {mb:.4f} ({diff:+.4f}; {tail})"
+    ma, mb = (ra.stats.test_mean, rb.stats.test_mean) if use_test else (ra.stats.val_mean, rb.stats.val_mean)
+    test = paired_test(ra, rb, "test" if use_test else "val")
+    return f"{name_a} vs {name_b} on {split}: {ma:.4f} vs {mb:.4f} ({ma - mb:+.4f}; {test.verdict()})"
 
 
 def headlines(report: SweepReport) -> list[str]:
@@ -148,18 +231,23 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _row_cells(r: Row) -> list[str]:
     s = r.stats
-    return [r.point.label(), ", ".join(r.roles), _pm(s.val_mean, s.val_std, s.n), _pm(s.test_mean, s.test_std, s.n),
+    return [r.label(), ", ".join(r.roles), _pm(s.val_mean, s.val_std, s.n), _pm(s.test_mean, s.test_std, s.n),
             str(s.n), f"{s.train_seconds:.1f}"]
 
 
-def _reward_cells(r: Reward) -> list[str]:
-    spread = "-" if r.spread is None else f"{r.spread:.4f}"
-    return [f"L{r.layers}", r.parameter, f"{r.default} -> {r.alternative}", f"{r.r:+.4f}", spread, _exceeds(r),
+def _reward_cells(report: SweepReport, r: Reward) -> list[str]:
+    untestable = report.untestable(r)
+    return [f"L{r.layers}", r.parameter, f"{r.default} -> {r.alternative}",
+            report.reward_note(r) if untestable else f"{r.r:+.4f}", "-" if untestable else report.reward_note(r),
             "yes" if r.kept else "no"]
 
 
 HEAD = ["configuration", "role", "val {m} (mean ± std)", "test {m} (mean ± std)", "seeds", "train s"]
-REWARD_HEAD = ["size", "parameter", "default -> alternative", "R (val)", "seed spread", "R exceeds spread", "kept"]
+REWARD_HEAD = ["size", "parameter", "default -> alternative", "R (val)", "paired t-test over seeds (val)", "kept"]
+TESTS = (f"Each comparison is a paired t-test over seeds (both configurations trained with the same seeds; "
+         f"two-sided; significant when p < {LEVEL:g}). It sees seed-to-seed variation only, not the sampling of the "
+         "test examples, and with 2 or 3 seeds it has little power: \"not significant\" means no evidence either way, "
+         "not that the two are equal. With one seed there is no test.")
 
 
 def markdown(report: SweepReport) -> str:
@@ -167,11 +255,13 @@ def markdown(report: SweepReport) -> str:
     parts = [f"# KD sweep: {report.strategy} search", "",
              f"Store `{report.store}`; metric {m}, best-by-validation student per run; "
              f"mean ± sample std over seeds; train s = student-training seconds summed over seeds.", ""]
+    parts += [f"Teacher {name}{f' ({picks})' if picks else ''}: validation {m} {score:.4f} (the dashed line in "
+              "metrics.png)." for name, (score, picks) in report.teacher_scores.items()] + [""] * bool(report.teacher_scores)
     if not report.complete:
         parts += ["**The sweep is incomplete**: rerun the same `students sweep` command to resume it.", ""]
     lines = headlines(report)
     if lines:
-        parts += ["## Headline", ""] + [f"- {x}" for x in lines] + [""]
+        parts += ["## Headline", ""] + [f"- {x}" for x in lines] + ["", TESTS, ""]
     for k, rows in report.rows.items():
         parts += [f"## Configurations, {k}-layer student", "",
                   _md_table([h.format(m=m) for h in HEAD], [_row_cells(r) for r in rows]), ""]
@@ -179,7 +269,7 @@ def markdown(report: SweepReport) -> str:
         parts += ["## Rewards", "",
                   "R = mean validation metric with the alternative minus with the default, at the same stage "
                   + ("of the greedy search." if report.strategy == "greedy" else "(one change of the Hinton "
-                     "configuration)."), "", _md_table(REWARD_HEAD, [_reward_cells(r) for r in report.rewards]), ""]
+                     "configuration)."), "", _md_table(REWARD_HEAD, [_reward_cells(report, r) for r in report.rewards]), ""]
     parts += ["![reward per parameter](rewards.png)", "", "![metric per configuration](metrics.png)", ""]
     if report.ignored:
         parts += [f"({report.ignored} record(s) in {RESULTS} belong to another sweep in this folder and are left out.)",
@@ -199,81 +289,14 @@ def rich_tables(report: SweepReport, console: Console) -> None:
     if report.rewards:
         t = Table(title="rewards (R = val metric with alternative - with default)")
         for i, h in enumerate(REWARD_HEAD):
-            t.add_column(h, justify="right" if i in (3, 4) else "left")
+            t.add_column(h, justify="right" if i == 3 else "left")
         for r in report.rewards:
-            t.add_row(*_reward_cells(r))
+            t.add_row(*_reward_cells(report, r))
         console.print(t)
     for line in headlines(report):
         console.print(line)
     if not report.complete:
         console.print("[yellow]the sweep is incomplete: rerun the same `students sweep` command to resume it")
-
-
-# ---------------------------------------------------------------------------- plots
-def plot_rewards(report: SweepReport, path: Path) -> Path:
-    """Horizontal bars: one per (size, parameter, alternative), error bar = seed spread."""
-    import matplotlib.pyplot as plt
-
-    rs = report.rewards
-    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.45 * max(1, len(rs))))
-    if rs:
-        labels = [f"L{r.layers} {r.parameter}: {r.default} → {r.alternative}" for r in rs][::-1]
-        values = [r.r for r in rs][::-1]
-        errs = [r.spread or 0.0 for r in rs][::-1]
-        colors = ["tab:green" if r.kept else ("tab:blue" if r.r > 0 else "tab:red") for r in rs][::-1]
-        ax.barh(range(len(rs)), values, xerr=errs, color=colors, capsize=3)
-        ax.set_yticks(range(len(rs)), labels)
-        ax.axvline(0, color="black", linewidth=0.8)
-        from matplotlib.patches import Patch
-
-        kinds = {"tab:green": "kept", "tab:blue": "R > 0, not kept", "tab:red": "R ≤ 0, not kept"}
-        ax.legend(handles=[Patch(color=c, label=name) for c, name in kinds.items() if c in colors], loc="best",
-                  fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no rewards (sweep incomplete or one value per parameter)", ha="center", va="center")
-    ax.set_xlabel(f"R = validation {report.metric}: alternative − default")
-    ax.set_title(f"Reward per KD parameter ({report.strategy} sweep; error bars: seed spread)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # nothing cut off at the edges
-    plt.close(fig)
-    return path
-
-
-def plot_metrics(report: SweepReport, path: Path) -> Path:
-    """Validation and test metric per configuration, mean ± std over seeds."""
-    import matplotlib.pyplot as plt
-
-    rows: list[Row] = []
-    for k, rs in report.rows.items():
-        marked = [r for r in rs if r.roles]
-        rest = [r for r in rs if not r.roles][:max(0, MAX_PLOT_ROWS // len(report.rows) - len(marked))]
-        rows += sorted(marked + rest, key=lambda r: (-r.stats.val_mean, not r.roles, r.point.label()))
-    shown, total = len(rows), sum(len(rs) for rs in report.rows.values())
-    fig, ax = plt.subplots(figsize=(10, 1.8 + 0.38 * max(1, shown)))
-    y = list(range(shown))[::-1]
-    if rows:
-        labels = [r.point.label() + (f"  [{', '.join(r.roles)}]" if r.roles else "") for r in rows]
-        val = [r.stats.val_mean for r in rows]
-        ax.errorbar(val, [v + 0.12 for v in y], xerr=[r.stats.val_std for r in rows], fmt="o", capsize=3,
-                    label="validation")
-        tests = [(yy - 0.12, r.stats.test_mean, r.stats.test_std) for yy, r in zip(y, rows)
-                 if r.stats.test_mean is not None]
-        if tests:
-            ax.errorbar([t[1] for t in tests], [t[0] for t in tests], xerr=[t[2] for t in tests], fmt="s",
-                        capsize=3, label="test")
-        ax.set_yticks(y, labels, fontsize=8)
-        for tick, r in zip(ax.get_yticklabels(), rows):
-            if r.roles:
-                tick.set_fontweight("bold")
-        ax.legend(loc="best", fontsize=8)
-    ax.set_xlabel(f"{report.metric} (mean ± std over seeds)")
-    more = f", best {shown} of {total}" if shown < total else ""
-    ax.set_title(f"{report.metric} per configuration ({report.strategy} sweep{more})")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # nothing cut off at the edges
-    plt.close(fig)
-    return path
 
 
 def write_report(sweep_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
@@ -287,7 +310,9 @@ def write_report(sweep_dir: str | os.PathLike[str], out: str | os.PathLike[str] 
     dest = Path(out) if out is not None else report.sweep_dir
     dest.mkdir(parents=True, exist_ok=True)
     rich_tables(report, console or Console())
-    report.files = [plot_rewards(report, dest / "rewards.png"), plot_metrics(report, dest / "metrics.png")]
+    from students.plots import metrics_figure, rewards_figure, save
+
+    report.files = [save(rewards_figure(report), dest / "rewards.png"), save(metrics_figure(report), dest / "metrics.png")]
     (dest / "report.md").write_text(markdown(report))
     report.files.append(dest / "report.md")
     return report

@@ -31,7 +31,7 @@ from logitstore.errors import NoCheckpointError
 from logitstore.format import CheckpointMeta
 from logitstore.store import LogitStore, SplitData, open_store
 from logitstore.tasks import Task, get_task
-from students.config import KDLossConfig, OptimConfig, TrainConfig, output_dir
+from students.config import KDLossConfig, OptimConfig, TrainConfig, default_threads, output_dir
 from students.data import Batch, SplitBatches
 from students.errors import ConfigError, StoreContentError
 from students.loss import task_loss
@@ -78,6 +78,7 @@ class TrainResult:
     losses: list[float]
     train_seconds: float
     examples_per_s: float
+    teacher_score: float | None = None  # the teacher checkpoint's validation score (CheckpointMeta), None without one
 
 
 @torch.no_grad()
@@ -249,6 +250,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     """
     console = console or Console()
     output_dir(config.out, create=False)  # a file in the way fails here, before the store is read
+    torch.set_num_threads(config.threads or default_threads())  # before _prepare: the ONNX teacher takes it too
     run = _prepare(config, console)
     loss_cfg, student, name = config.loss, run.student, run.ckpt.name if run.ckpt else None
     steps_per_epoch = len(run.train_batches)
@@ -291,7 +293,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     student.save_pretrained(out)
     run.store.save_tokenizer(out)
     result = TrainResult(out, name, run.metric, step, best_step, best_result, test, losses, train_seconds,
-                         examples / train_seconds)
+                         examples / train_seconds, run.ckpt.val_score if run.ckpt else None)
     _write_summary(result, console)
     return result
 
@@ -320,7 +322,8 @@ def _evaluate_and_keep(run: _Run, config: TrainConfig, out: Path, line: dict[str
 def _write_run_config(out: Path, config: TrainConfig, run: _Run, steps_per_epoch: int, total_steps: int) -> None:
     """OUT/run_config.json: every setting (the flat TrainConfig) and what it resolved to."""
     loss_cfg = config.loss
-    resolved = {**config.to_dict(), "checkpoint": run.ckpt.name if run.ckpt else None,
+    resolved = {**config.to_dict(), "threads": torch.get_num_threads(),
+                "checkpoint": run.ckpt.name if run.ckpt else None,
                 "checkpoint_meta": run.ckpt.to_dict() if run.ckpt else None,
                 "tau_t": loss_cfg.tau_t, "tau_s": loss_cfg.tau_s, "metric": run.metric, "device": str(run.device),
                 "student_init": asdict(run.init), "train_rows": len(run.train_batches.split),

@@ -270,7 +270,9 @@ def _one_thread():
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # what `train` takes when a config sets no threads
+        yield
     torch.set_num_threads(threads)
 
 

@@ -20,18 +20,20 @@ EVERY_FIELD = dict(store="s.zarr", out="o", distance="mse", temperature=4, stude
                    teacher="tll", layers=3, init="/x", epochs=1, batch_size=16, eval_batch_size=64, lr=5e-4,
                    schedule="constant", warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=0.5, seed=3, max_steps=30,
                    eval_every=10, device="cpu", online="onnx", memory_budget_mb=10.0, loader="stream",
-                   buffer_chunks=2, progress=False, save_checkpoints=True)
+                   buffer_chunks=2, progress=False, save_checkpoints=True, threads=3)
 FIELDS = ["store", "out", "distance", "temperature", "student_temperature", "alpha", "teacher", "layers", "init",
           "epochs", "batch_size", "eval_batch_size", "lr", "schedule", "warmup_ratio", "weight_decay",
           "max_grad_norm", "seed", "max_steps", "eval_every", "device", "online", "memory_budget_mb", "loader",
-          "buffer_chunks", "group_by_length", "progress", "save_checkpoints"]
+          "buffer_chunks", "group_by_length", "progress", "save_checkpoints", "threads"]
 
 
 def test_run_keys_of_older_sweeps_stay_the_same():
-    assert run_key(TrainConfig(store="s.zarr", out="o")) == "1d0d59add118d034"
-    assert run_key(TrainConfig(**EVERY_FIELD)) == "cf977034e0ed9c15"
-    assert run_key(TrainConfig(store="s.zarr", out="o", group_by_length=True)) == "78a6cfac958e47b4"
-    template = SweepConfig("s.zarr", "sw").template
+    # lr=1e-4: the default when these keys were pinned (the default is 5e-4 now; the key format is unchanged)
+    old = dict(store="s.zarr", out="o", lr=1e-4)
+    assert run_key(TrainConfig(**old)) == "1d0d59add118d034"
+    assert run_key(TrainConfig(**EVERY_FIELD)) == "cf977034e0ed9c15"  # threads=3 there: not in the key
+    assert run_key(TrainConfig(**old, group_by_length=True)) == "78a6cfac958e47b4"
+    template = SweepConfig("s.zarr", "sw", train=TrainConfig(**old)).template
     cfg = run_config(template, Point("ce", 2.0, "teacher", 0.5, "ths", 2), 1, Path("sw"))
     assert cfg.out == str(Path("sw") / "runs" / "37492e0e0be1a953")
 
@@ -136,10 +138,17 @@ def test_train_flags_set_every_field_and_default_to_trainconfig():
              "--lr", "5e-4", "--schedule", "constant", "--warmup-ratio", "0", "--weight-decay", "0",
              "--max-grad-norm", "0.5", "--seed", "3", "--max-steps", "30", "--eval-every", "10", "--device", "cpu",
              "--online", "onnx", "--memory-budget-mb", "10", "--loader", "stream", "--no-progress",
-             "--save-checkpoints", "--group-by-length"]
+             "--save-checkpoints", "--group-by-length", "--threads", "3"]
     args = _parse("train", "--store", "s.zarr", "--out", "o", *flags)
     cfg = TrainConfig(store=args.store, out=args.out, **config_kwargs(args, "train"))
     assert cfg == TrainConfig(**{**EVERY_FIELD, "buffer_chunks": 4, "group_by_length": True})
+
+
+def test_the_default_learning_rate_is_the_measured_one():
+    """5e-4 (docs/results.md, section 5), for train and every sweep run, shown in --help."""
+    assert _parse("train", "--store", "s", "--out", "o").lr == 5e-4 == _parse("sweep", "--store", "s").lr
+    assert TrainConfig("s", "o").optim.lr == 5e-4
+    assert "(default: 0.0005)" in " ".join(_subparser("train").format_help().split())
 
 
 def test_sweep_shares_the_training_flags_but_not_the_kd_ones():

@@ -3,7 +3,11 @@ parallel vs sequential runs on a real tiny store, one-line errors for bad sweep 
 the report's files."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -49,10 +53,24 @@ SPACE = SweepSpace(distance=("ce", "mse"), temperature=(1.0, 2.0, 4.0), student_
                    alpha=(0.5, 0.9), teacher=("ths", "tll"), layers=(2,), seeds=(0, 1))
 
 
-def _fake_sweep(out: Path, run_fn=fake_run, strategy: str = "greedy"):
+def fake_run_with_files(config: TrainConfig) -> RunOutcome:
+    """fake_run, and the files `train` writes: the student model and the run's metrics."""
+    out = Path(config.out)
+    out.mkdir(parents=True)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "summary.json", "metrics.jsonl",
+                 "run_config.json"):
+        (out / name).write_text("{}")
+    return fake_run(config)
+
+
+def _fake_sweep(out: Path, run_fn=fake_run, strategy: str = "greedy", save_models: str = "best"):
     CALLS.clear()
-    cfg = SweepConfig(store="fake.zarr", out=str(out), strategy=strategy, space=SPACE)
+    cfg = SweepConfig(store="fake.zarr", out=str(out), strategy=strategy, space=SPACE, save_models=save_models)
     return run_sweep(cfg, run_fn=run_fn, check_store=False)
+
+
+def got_value(name: str, text: str):
+    return float(text) if name in ("temperature", "alpha") else text
 
 
 # ---------------------------------------------------------------------------- greedy
@@ -95,7 +113,8 @@ def test_greedy_visits_the_documented_configurations_in_order_and_keeps_only_imp
         assert got.r == pytest.approx(r, abs=1e-12), name
         # seeds 0 and 1 differ by 0.001 everywhere: the spread is the std of that pair
         assert got.spread == pytest.approx(0.001 / 2 ** 0.5)
-        assert got.exceeds_spread == (name != "student_temperature")
+        assert Point.from_dict(got.alternative_point) == replace(Point.from_dict(got.default_point),
+                                                                 **{name: got_value(name, alt)})
     # a second greedy pass finds every run done
     CALLS.clear()
     assert run_sweep(SweepConfig("fake.zarr", str(tmp_path / "sweep"), "greedy", SPACE), fake_run,
@@ -111,6 +130,65 @@ def test_grid_runs_the_product_and_the_baselines_once_each(tmp_path):
     assert outcome.winner == Point("ce", 4.0, "teacher", 0.9, "tll", 2)  # first of the tied tau_s values
     assert {r.parameter for r in outcome.rewards} == {"temperature", "alpha", "distance", "teacher",
                                                       "student_temperature"}
+
+
+# ---------------------------------------------------------------------------- progress line
+def test_a_grid_counts_every_run_of_the_sweep_up_front(tmp_path, capsys):
+    _fake_sweep(tmp_path / "grid", strategy="grid")
+    total = len(CALLS)
+    out = capsys.readouterr().out
+    assert re.search(f"grid sweep: 1/{total} runs, ETA \\d+:\\d\\d:\\d\\d\n", out)
+    assert f"grid sweep: {total}/{total} runs, done\n" in out
+    assert "stage" not in out.split("grid sweep:", 1)[1]  # one line for the whole grid
+
+
+def test_greedy_counts_runs_per_stage_and_says_so(tmp_path, capsys):
+    _fake_sweep(tmp_path / "greedy")
+    lines = [x for x in capsys.readouterr().out.splitlines() if " runs, " in x]
+    note = "(greedy: each stage's runs are known when it starts)"
+    assert all(x.endswith(note) for x in lines)
+    assert re.match(r"L2 stage baselines \(hinton, recommended, no KD\): 1/6 runs, ETA \d+:\d\d:\d\d for this stage",
+                    lines[0])
+    # the alpha stage: the current point (2 seeds, already run) and 0.9 (2 seeds to run)
+    assert [x.split(", ")[0] for x in lines if x.startswith("L2 stage alpha")] == [
+        "L2 stage alpha: 2/4 runs", "L2 stage alpha: 3/4 runs", "L2 stage alpha: 4/4 runs"]
+
+
+def test_the_eta_is_the_mean_time_of_the_runs_trained_so_far(monkeypatch):
+    from rich.console import Console
+
+    import students.sweep.progress as progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    p = progress.SweepProgress(Console(file=io.StringIO()), total=6)
+    with p:
+        assert p.line() == "grid sweep: 0/6 runs, ETA after the first run"
+        p.advance(1)  # found in results.jsonl: done, but no time measured
+        now[0] = 10.0
+        p.advance(2, trained=True)  # two runs in 10 s: 5 s a run, 3 runs left
+        assert p.line() == "grid sweep: 3/6 runs, ETA 0:00:15"
+
+
+# ---------------------------------------------------------------------------- disk
+@pytest.mark.parametrize("save_models", ["best", "all", "none"])
+def test_only_the_runs_a_user_wants_keep_their_model(tmp_path, save_models):
+    result = _fake_sweep(tmp_path / "s", run_fn=fake_run_with_files, save_models=save_models)
+    folders = sorted((tmp_path / "s" / "runs").iterdir())
+    assert len(folders) == result.ran == len(CALLS)
+    assert all({"summary.json", "metrics.jsonl", "run_config.json"} <= {p.name for p in f.iterdir()} for f in folders)
+    with_model = {f.name for f in folders if (f / "model.safetensors").exists()}
+    assert all({p.name for p in f.iterdir()} == {"summary.json", "metrics.jsonl", "run_config.json"}
+               for f in folders if f.name not in with_model)
+    kept = json.loads((tmp_path / "s" / "sweep.json").read_text())["models_kept"]
+    assert with_model == set(kept)
+    if save_models == "best":  # winner, Hinton, recommended, no KD: each its best seed (seed 1 in fake_val)
+        (o,) = result.outcomes
+        assert len(with_model) == 4
+        assert {(r["point"]["alpha"], r["point"]["teacher"], r["seed"]) for k, r in result.records.items()
+                if k in with_model} == {(p.alpha, p.teacher, 1) for p in (o.winner, o.hinton, o.recommended, o.no_kd)}
+    else:
+        assert len(with_model) == (len(folders) if save_models == "all" else 0)
 
 
 # ---------------------------------------------------------------------------- resume
@@ -153,7 +231,9 @@ def test_report_writes_plots_and_markdown(tmp_path, capsys):
         assert (tmp_path / "rep" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Rewards" in md and "greedy winner" in md and "Hinton" in md and "no KD" in md
-    assert "greedy winner vs Hinton on test" in md and "exceeds the seed spread" in md
+    assert "greedy winner vs Hinton on test" in md and "seed spread" not in md
+    # fake_val moves every seed by the same 0.001: no variance of the differences, so no t-test
+    assert "(+0.0800; t-test undefined: the same difference at each of 2 seeds)" in md
     assert "| L2 | distance | ce -> mse | -0.0500 |" in md
     out = capsys.readouterr().out
     assert "rewards" in out and "greedy winner" in out
@@ -213,7 +293,7 @@ def store(tmp_path_factory, tiny_teachers, tiny_data) -> Path:
 def test_parallel_and_sequential_sweeps_give_the_same_records(store, tmp_path, _one_thread):
     space = SweepSpace(distance=("ce",), temperature=(2.0,), student_temperature=("teacher",), alpha=(0.5,),
                        teacher=("ths", "tll"), layers=(1,), seeds=(0,))
-    train = TrainConfig(store=str(store), out="unused", max_steps=3, batch_size=16, lr=1e-3, device="cpu")
+    train = TrainConfig(store=str(store), out="unused", max_steps=3, batch_size=16, lr=1e-3, device="cpu", threads=2)
     results = {}
     for workers in (1, 2):
         cfg = SweepConfig(str(store), str(tmp_path / f"w{workers}"), "grid", space, workers, train)
@@ -233,7 +313,10 @@ def test_parallel_and_sequential_sweeps_give_the_same_records(store, tmp_path, _
             assert seq[key][split] == pytest.approx(par[key][split], abs=1e-6)
         assert seq[key]["train_seconds"] > 0
     assert {(r["point"]["teacher"], r["checkpoint"]) for r in seq.values()} == set(picks.items())
-    assert (tmp_path / "w1" / "runs" / next(iter(seq)) / "model.safetensors").exists()
+    assert (tmp_path / "w1" / "runs" / next(iter(seq)) / "model.safetensors").exists()  # Hinton: kept
+    for workers in (1, 2):  # --threads 2: each of 2 workers gets 1
+        configs = (tmp_path / f"w{workers}" / "runs").glob("*/run_config.json")
+        assert {json.loads(c.read_text())["threads"] for c in configs} == {2 // workers}
     # the same command again trains nothing
     again = run_sweep(SweepConfig(str(store), str(tmp_path / "w1"), "grid", space, 1, train))
     assert again.ran == 0

@@ -4,6 +4,7 @@ one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -326,3 +327,34 @@ def test_online_onnx_after_the_export_was_pruned_says_how_to_restore_it(fp32_sto
         graph.write_bytes(saved)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"logitstore export {ck.source_path}" in err[0], err
+
+
+# ---------------------------------------------------------------------------- threads
+@pytest.mark.parametrize("cpus,omp,want", [(4, None, 4), (4, "2", 2), (2, "8", 2), (3, "x", 3), (3, "0", 3)])
+def test_default_threads_are_the_allowed_cpus_capped_by_omp_num_threads(monkeypatch, cpus, omp, want):
+    from students.config import default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    if omp is not None:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert default_threads() == want
+
+
+def test_threads_set_torch_and_the_onnx_teacher_and_are_recorded(fp32_store, tmp_path, monkeypatch, capsys):
+    import students.teacher
+
+    seen: list[int] = []
+    real = students.teacher.make_session
+    monkeypatch.setattr(students.teacher, "make_session", lambda *a, **kw: seen.append(kw["threads"]) or real(*a, **kw))
+    args = ["train", "--store", str(fp32_store), "--out", str(tmp_path / "t"), "--layers", "1", "--max-steps", "2",
+            "--batch-size", "16", "--device", "cpu", "--no-progress", "--teacher", "checkpoint-10", "--online", "onnx"]
+    assert main(args + ["--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1 and seen == [1]
+    assert json.loads((tmp_path / "t" / "run_config.json").read_text())["threads"] == 1
+    # no flag: the CPUs the process may use, capped by OMP_NUM_THREADS
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert main(args) == 0
+    assert seen == [1, 2] and json.loads((tmp_path / "t" / "run_config.json").read_text())["threads"] == 2
+    torch.set_num_threads(1)

@@ -12,7 +12,9 @@ One module per part (docs/sweeps.md has the user's view):
   ResultsFileError).
 * ``runner``: Runner, which trains the runs a strategy asks for that results.jsonl lacks.
 * ``strategies``: the baselines, ``greedy`` (the study's search), ``grid``, rewards.
-* ``recipe``: SweepConfig and run_sweep, which ties them together.
+* ``progress``: SweepProgress, the sweep's one progress line (runs done / total, ETA).
+* ``recipe``: SweepConfig and run_sweep, which ties them together (and prunes the student
+  models nobody asked to keep).
 
 Runs are keyed by a hash of their full training config (KD parameters, seed, training
 options), so a rerun of the same sweep skips every run already in results.jsonl; a
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from students.sweep.points import (RUNS_DIR, Point, PointStats, RunOutcome, point_stats, run_config, run_key,
                                    train_run)
-from students.sweep.recipe import SweepConfig, SweepResult, run_sweep
+from students.sweep.recipe import SAVE_MODELS, SweepConfig, SweepResult, run_sweep
 from students.sweep.results import (MANIFEST, RECORD_VERSION, RESULTS, ResultsFileError, append_record,
                                     load_results, read_manifest)
 from students.sweep.runner import Runner, RunFn
@@ -33,6 +35,7 @@ from students.sweep.strategies import (GREEDY_ORDER, HINTON, RECOMMENDED, STRATE
 
 __all__ = [
     "GREEDY_ORDER", "HINTON", "MANIFEST", "PARAMS", "RECOMMENDED", "RECORD_VERSION", "RESULTS", "RUNS_DIR",
+    "SAVE_MODELS",
     "SPACE_KEYS", "STRATEGIES", "TUNED", "LayersOutcome", "Point", "PointStats", "ResultsFileError", "Reward",
     "RunFn", "RunOutcome", "Runner", "SweepConfig", "SweepResult", "SweepSpace", "SweepSpaceError",
     "append_record", "baselines", "greedy", "grid", "load_results", "load_space", "parse_space", "point_stats",

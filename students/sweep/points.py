@@ -20,8 +20,8 @@ from rich.console import Console
 from students.config import TrainConfig
 
 RUNS_DIR = "runs"
-# TrainConfig fields that name where a run lives or how it prints, not what it computes.
-NOT_IN_KEY = ("store", "out", "progress")
+# TrainConfig fields that name where a run lives, how it prints or how fast it runs, not what it computes.
+NOT_IN_KEY = ("store", "out", "progress", "threads")
 _ADDED_OPTIONS = {"group_by_length": False}  # TrainConfig fields newer than the key format, and their defaults
 
 
@@ -90,6 +90,7 @@ class RunOutcome:
     best_step: int = 0
     val_eval: dict[str, Any] | None = None
     test_eval: dict[str, Any] | None = None
+    teacher_score: float | None = None  # the teacher checkpoint's validation score, for the report's reference line
 
 
 def train_run(config: TrainConfig) -> RunOutcome:
@@ -99,7 +100,7 @@ def train_run(config: TrainConfig) -> RunOutcome:
     r = train(config, console=Console(quiet=True))
     return RunOutcome(r.metric, r.best.score(r.metric), r.test.score(r.metric) if r.test else None, r.checkpoint,
                       round(r.train_seconds, 4), r.steps, r.best_step, r.best.to_dict(),
-                      r.test.to_dict() if r.test else None)
+                      r.test.to_dict() if r.test else None, r.teacher_score)
 
 
 @dataclass(frozen=True)

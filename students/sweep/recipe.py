@@ -2,7 +2,12 @@
 
     SweepConfig -> check SWEEP_DIR (its sweep.json, the store it recorded) -> sweep.json
     "running" -> per student size: strategy(space, layers, Runner.run_points) -> sweep.json
-    "complete" with the outcomes
+    "complete" with the outcomes -> prune the student models nobody asked to keep
+
+Disk: every run saves its student while it trains (the best run is known only at the end);
+when the sweep completes, ``save_models="best"`` deletes the model files of every run but the
+best-seed run of each size's winner and of each baseline, ``"none"`` those of every run,
+``"all"`` none. Metrics (summary.json, metrics.jsonl, run_config.json) stay for every run.
 """
 from __future__ import annotations
 
@@ -15,18 +20,22 @@ from rich.console import Console
 from logitstore.lock import exclusive
 from students.config import TrainConfig, output_dir
 from students.errors import ConfigError
-from students.sweep.points import NOT_IN_KEY, train_run
-from students.sweep.results import RECORD_VERSION, check_same_store, read_manifest, write_manifest
+from students.sweep.points import NOT_IN_KEY, Point, train_run
+from students.sweep.progress import SweepProgress
+from students.sweep.results import RECORD_VERSION, check_same_store, prune_models, read_manifest, write_manifest
 from students.sweep.runner import Runner, RunFn
 from students.sweep.space import PARAMS, SweepSpace
-from students.sweep.strategies import GREEDY_ORDER, STRATEGIES, LayersOutcome, greedy, grid
+from students.sweep.strategies import GREEDY_ORDER, STRATEGIES, LayersOutcome, greedy, grid, grid_runs
+
+SAVE_MODELS = ("best", "all", "none")  # which runs keep their student model once the sweep is complete
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """One sweep: store, folder, strategy, space, parallel workers and the training options
+    """One sweep: store, folder, strategy, space, parallel workers, the training options
     every run shares (``train``: a TrainConfig whose KD fields, seed, store and out are
-    replaced per run; None = TrainConfig defaults)."""
+    replaced per run; None = TrainConfig defaults) and which student models to keep
+    (``save_models``: SAVE_MODELS; neither it nor the threads enter run keys)."""
 
     store: str
     out: str
@@ -34,9 +43,12 @@ class SweepConfig:
     space: SweepSpace = field(default_factory=SweepSpace)
     workers: int = 1
     train: TrainConfig | None = None
+    save_models: str = "best"
 
     def __post_init__(self) -> None:
         p = []
+        if self.save_models not in SAVE_MODELS:
+            p.append(f"save_models must be one of {', '.join(SAVE_MODELS)}. Got {self.save_models!r} instead")
         if self.strategy not in STRATEGIES:
             p.append(f"strategy must be one of {', '.join(STRATEGIES)}. Got {self.strategy!r} instead")
         if not isinstance(self.workers, int) or self.workers < 1:
@@ -75,7 +87,7 @@ def _manifest(config: SweepConfig, identity: dict[str, Any] | None) -> dict[str,
     options = {k: v for k, v in config.template.to_dict().items() if k not in NOT_IN_KEY + PARAMS + ("seed",)}
     return {"version": RECORD_VERSION, "store": str(config.store), "store_identity": identity,
             "strategy": config.strategy, "space": config.space.to_dict(), "greedy_order": list(GREEDY_ORDER),
-            "train_options": options, "status": "running", "outcomes": []}
+            "train_options": options, "save_models": config.save_models, "status": "running", "outcomes": []}
 
 
 def run_sweep(config: SweepConfig, run_fn: RunFn = train_run, console: Console | None = None,
@@ -100,16 +112,41 @@ def _run_locked(config: SweepConfig, out: Path, run_fn: RunFn, console: Console,
         check_same_store(out, old, identity)
     manifest = _manifest(config, identity)
     write_manifest(out, manifest)
+    progress = SweepProgress(console, grid_runs(config.space) if config.strategy == "grid" else None)
     runner = Runner(out, config.template, config.space.seeds, run_fn, config.workers, console,
-                    identity["teachers"] if identity is not None else None)
+                    identity["teachers"] if identity is not None else None, progress)
     strategy = greedy if config.strategy == "greedy" else grid
     try:
-        outcomes = [strategy(config.space, k, runner.run_points) for k in config.space.layers]
+        with progress:
+            outcomes = [strategy(config.space, k, runner.run_points) for k in config.space.layers]
     finally:
         runner.close()
-    manifest.update(status="complete", outcomes=[o.to_dict() for o in outcomes])
+    kept = _models_to_keep(outcomes, runner, config.save_models)
+    manifest.update(status="complete", outcomes=[o.to_dict() for o in outcomes], models_kept=kept)
     write_manifest(out, manifest)
+    if config.save_models != "all":
+        pruned = prune_models(out, runner.asked - set(kept))
+        console.print(f"kept the student models of {len(kept)} run(s) (sweep.json `models_kept`), deleted those "
+                      f"of {pruned} other run(s), kept every run's metrics (--save-models all keeps every model)",
+                      soft_wrap=True)
     for o in outcomes:
         console.print(f"L{o.layers} {config.strategy} winner: {o.winner.label()} "
                       f"(val {runner.stats(o.winner).val_mean:.4f}); `students report {out}` for the tables")
     return SweepResult(out, outcomes, runner.ran, runner.records)
+
+
+def _models_to_keep(outcomes: list[LayersOutcome], runner: Runner, save_models: str) -> dict[str, str]:
+    """Run key -> what it is, for the runs whose student model stays: per size, the best seed
+    (by validation; ties: the first seed) of the winner and of each baseline (``"best"``),
+    every run (``"all"``) or none. A copy (same_run_as) keeps the run it copies."""
+    if save_models == "all":
+        return {k: Point.from_dict(runner.records[k]["point"]).label() for k in sorted(runner.asked)}
+    kept: dict[str, str] = {}
+    for o in outcomes if save_models == "best" else []:
+        for role, p in (("winner", o.winner), ("hinton", o.hinton), ("recommended", o.recommended),
+                        ("no_kd", o.no_kd)):
+            keys = [runner.key(p, s) for s in runner.seeds]
+            best = max(keys, key=lambda k: runner.records[k]["val"])  # max keeps the first of equals
+            best = runner.records[best].get("same_run_as", best)
+            kept[best] = f"{kept[best]}, {role}" if best in kept else f"L{o.layers} {role}: {p.label()}"
+    return kept

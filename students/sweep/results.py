@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from students.errors import StudentsError
+from students.sweep.points import RUNS_DIR
 
 RESULTS, MANIFEST = "results.jsonl", "sweep.json"
 RECORD_VERSION = 1
+RUN_RECORDS = ("run_config.json", "metrics.jsonl", "summary.json")  # what a run folder keeps without its model
 
 
 class ResultsFileError(StudentsError, ValueError):
@@ -96,3 +99,16 @@ def check_same_store(sweep_dir: Path, old: Mapping[str, Any] | None, identity: M
         raise ResultsFileError(f"the store's teacher choice changed since {sweep_dir} was swept ("
                                + ", ".join(f"{t}: {a} -> {b}" for t, (a, b) in moved.items())
                                + "); pass a new --out folder")
+
+
+def prune_models(sweep_dir: Path, keys: Iterable[str]) -> int:
+    """Delete the student model (weights, model config, tokenizer, checkpoint folders) of the
+    runs ``keys`` under SWEEP_DIR/runs/, keeping RUN_RECORDS; returns how many folders lost files."""
+    pruned = 0
+    for key in sorted(keys):
+        folder = sweep_dir / RUNS_DIR / key
+        extra = [p for p in folder.iterdir() if p.name not in RUN_RECORDS] if folder.is_dir() else []
+        for p in extra:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        pruned += bool(extra)
+    return pruned

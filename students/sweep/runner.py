@@ -3,9 +3,10 @@ each as it finishes, and answers PointStats. Strategies ask it through ``run_poi
 
 Runs that differ only in how they name the same teacher checkpoint (ths and tll resolving
 to one checkpoint) are trained once; the other is recorded with ``same_run_as`` pointing at
-it. With ``workers`` > 1 the runs of one call go to a pool of spawned processes, each with
-cpu_count() // workers torch threads. ``run_fn`` (TrainConfig -> RunOutcome; the real one
-calls ``train``) is injectable so tests can use a fake metric.
+it. With ``workers`` > 1 the runs of one call go to a pool of spawned processes; each run
+gets threads // workers torch threads (threads: the template's, else default_threads()).
+``run_fn`` (TrainConfig -> RunOutcome; the real one calls ``train``) is injectable so tests
+can use a fake metric.
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from students.config import TrainConfig
+from students.config import TrainConfig, default_threads
 from students.sweep.points import Point, PointStats, RunOutcome, point_stats, run_config, run_key
+from students.sweep.progress import SweepProgress
 from students.sweep.results import RECORD_VERSION, RESULTS, append_record, load_results
 
 RunFn = Callable[[TrainConfig], RunOutcome]
@@ -43,20 +45,21 @@ def _timed(run_fn: RunFn, config: TrainConfig) -> tuple[RunOutcome, float]:
     return outcome, time.perf_counter() - started
 
 
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 class Runner:
     """Runs (point, seed) pairs that results.jsonl lacks, records each as it finishes and
     answers PointStats (see the module docstring)."""
 
     def __init__(self, sweep_dir: Path, template: TrainConfig, seeds: tuple[int, ...], run_fn: RunFn,
-                 workers: int = 1, console: Console | None = None, teachers: Mapping[str, str] | None = None) -> None:
-        self.dir, self.template, self.seeds, self.run_fn, self.workers = sweep_dir, template, seeds, run_fn, workers
+                 workers: int = 1, console: Console | None = None, teachers: Mapping[str, str] | None = None,
+                 progress: SweepProgress | None = None) -> None:
+        self.dir, self.seeds, self.run_fn, self.workers = sweep_dir, seeds, run_fn, workers
+        self.threads = max(1, (template.threads or default_threads()) // workers)  # per run; not in run keys
+        self.template = replace(template, threads=self.threads)
         self.console = console or Console(quiet=True)
         self.records = load_results(sweep_dir, repair=True)
         self.ran = 0
+        self.progress = progress
+        self.asked: set[str] = set()  # the keys of every run the strategies asked for
         self._pool: ProcessPoolExecutor | None = None
         # Teacher value -> the checkpoint it resolves to in the store (ths and tll may be the
         # same one): runs that differ only by the name of the same checkpoint are run once.
@@ -72,9 +75,8 @@ class Runner:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            threads = max(1, cpu_count() // self.workers)
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_init, initargs=(threads,))
+                                             initializer=_worker_init, initargs=(self.threads,))
         return self._pool
 
     def close(self) -> None:
@@ -87,10 +89,14 @@ class Runner:
         pts = list(dict.fromkeys(p.canonical() for p in points))
         todo, twins = self._plan(pts)
         done_before = len(pts) * len(self.seeds) - len(todo) - len(twins)
+        self.asked.update(self.key(p, s) for p in pts for s in self.seeds)
         self.console.print(f"[bold]{stage or 'runs'}[/]: {len(pts)} configuration(s) x {len(self.seeds)} seed(s); "
                            f"{len(todo)} to run, {done_before} already in {RESULTS}"
                            + (f", {len(twins)} the same as another run (ths and tll are one checkpoint)"
                               if twins else ""))
+        if self.progress is not None:
+            self.progress.stage(stage, len(pts) * len(self.seeds))
+            self.progress.advance(done_before)
         if self.workers > 1 and len(todo) > 1:
             self._run_parallel(todo)
         else:
@@ -100,6 +106,8 @@ class Runner:
             rec = {**self.records[twin], "key": key, "point": p.to_dict(), "seed": s, "same_run_as": twin}
             append_record(self.dir, rec)
             self.records[key] = json.loads(json.dumps(rec))
+        if self.progress is not None:
+            self.progress.advance(len(twins))
         return {p: self.stats(p) for p in pts}
 
     def _plan(self, pts: list[Point]) -> tuple[_Todo, dict[str, tuple[Point, int, str]]]:
@@ -144,8 +152,13 @@ class Runner:
         test = f", test {outcome.test:.4f}" if outcome.test is not None else ""
         self.console.print(f"  {point.label()} seed {seed}: val {outcome.metric} {outcome.val:.4f}{test} "
                            f"({outcome.train_seconds:.1f} s training)")
+        if self.progress is not None:
+            self.progress.advance(trained=True)
+
+    def key(self, point: Point, seed: int) -> str:
+        """The run key of ``point`` with ``seed`` (the name of its folder under runs/)."""
+        return Path(run_config(self.template, point.canonical(), seed, self.dir).out).name
 
     def stats(self, point: Point) -> PointStats:
         p = point.canonical()
-        keys = [Path(run_config(self.template, p, s, self.dir).out).name for s in self.seeds]
-        return point_stats(p, [self.records[k] for k in keys])
+        return point_stats(p, [self.records[self.key(p, s)] for s in self.seeds])

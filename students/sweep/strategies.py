@@ -37,7 +37,9 @@ RunPoints = Callable[[list[Point], str], Mapping[Point, PointStats]]
 @dataclass(frozen=True)
 class Reward:
     """R = mean validation metric with ``alternative`` minus with ``default`` (same stage).
-    ``spread`` is the larger seed std of the two (None with one seed)."""
+    ``spread`` is the larger seed std of the two (None with one seed); the two configurations
+    are recorded (``*_point``, Point.to_dict(); None in sweeps recorded before) so that the
+    report can pair their runs seed by seed."""
 
     layers: int
     parameter: str
@@ -46,10 +48,8 @@ class Reward:
     r: float
     spread: float | None
     kept: bool
-
-    @property
-    def exceeds_spread(self) -> bool | None:
-        return None if self.spread is None else abs(self.r) > self.spread
+    default_point: dict[str, Any] | None = None
+    alternative_point: dict[str, Any] | None = None
 
 
 @dataclass
@@ -103,7 +103,7 @@ def _stage(param: str, current: Point, values: Iterable[Any], stats: Mapping[Poi
     chosen = best if keep_best and stats[best].val_mean > base.val_mean else cur  # ties keep current
     spread = lambda a: max(a.val_std, base.val_std) if min(a.n, base.n) > 1 else None  # noqa: E731
     rewards = [Reward(cur.layers, param, _value(getattr(cur, param)), _value(getattr(a, param)),
-                      stats[a].val_mean - base.val_mean, spread(stats[a]), a == chosen)
+                      stats[a].val_mean - base.val_mean, spread(stats[a]), a == chosen, cur.to_dict(), a.to_dict())
                for a in ([best] if param in TUNED else others)]
     record = {"parameter": param, "candidates": [{"point": c.to_dict(), "val_mean": stats[c].val_mean}
                                                  for c in cands], "chosen": chosen.to_dict()}
@@ -118,12 +118,12 @@ def _alternatives(space: SweepSpace, param: str) -> list[Any]:
 def greedy(space: SweepSpace, layers: int, run_points: RunPoints) -> LayersOutcome:
     """The study's greedy search for one student size (order: GREEDY_ORDER)."""
     base = baselines(space, layers)
-    run_points(list(base.values()), f"L{layers} baselines (hinton, recommended, no KD)")
+    run_points(list(base.values()), f"L{layers} stage baselines (hinton, recommended, no KD)")
     out = LayersOutcome(layers, base["hinton"], base["recommended"], base["no_kd"], base["hinton"])
     current = base["hinton"]
     for param in GREEDY_ORDER:
         values = _alternatives(space, param)
-        stats = run_points([current] + [replace(current, **{param: v}) for v in values], f"L{layers} {param}")
+        stats = run_points([current] + [replace(current, **{param: v}) for v in values], f"L{layers} stage {param}")
         current, rewards, record = _stage(param, current, values, stats, keep_best=True)
         out.rewards += rewards
         out.stages.append(record)
@@ -131,15 +131,25 @@ def greedy(space: SweepSpace, layers: int, run_points: RunPoints) -> LayersOutco
     return out
 
 
+def grid_product(space: SweepSpace, layers: int) -> list[Point]:
+    """The configurations of a grid for one student size (canonical, each once, in product order)."""
+    return list(dict.fromkeys(Point(d, t, s, a, te, layers).canonical() for d, t, s, a, te in itertools.product(
+        space.distance, space.temperature, space.student_temperature, space.alpha, space.teacher)))
+
+
+def grid_runs(space: SweepSpace) -> int:
+    """How many runs a grid sweep has in all (every size, baselines included, times the seeds)."""
+    per_size = [set(grid_product(space, k)) | set(baselines(space, k).values()) for k in space.layers]
+    return sum(map(len, per_size)) * len(space.seeds)
+
+
 def grid(space: SweepSpace, layers: int, run_points: RunPoints) -> LayersOutcome:
     """Every combination for one student size, plus the baselines in the same batch. Rewards
     are one-at-a-time changes of the Hinton configuration that the grid contains."""
     base = baselines(space, layers)
-    product = [Point(d, t, s, a, te, layers) for d, t, s, a, te in itertools.product(
-        space.distance, space.temperature, space.student_temperature, space.alpha, space.teacher)]
-    stats = dict(run_points(list(base.values()) + product, f"L{layers} grid"))
+    ranked = grid_product(space, layers)
+    stats = dict(run_points(list(base.values()) + ranked, f"L{layers} grid"))
     out = LayersOutcome(layers, base["hinton"], base["recommended"], base["no_kd"], base["hinton"])
-    ranked = list(dict.fromkeys(p.canonical() for p in product))
     out.winner = max(ranked, key=lambda p: stats[p].val_mean)
     for param in GREEDY_ORDER:
         _, rewards, _ = _stage(param, base["hinton"], _alternatives(space, param), stats, keep_best=False)
