@@ -61,6 +61,8 @@ class BuildConfig:
     metric: str | None = None
     task: str | None = None
     stride: int = 32
+    top_k: int = 50  # causal-lm: kept ids per token, and the temperatures whose log-sum-exp is stored
+    temperatures: tuple[float, ...] = (1.0,)
     data_config: DataConfig = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +83,9 @@ class BuildConfig:
             problems.append("give at least one --teacher, or --tokenizer for a store of token ids only")
         if self.encoding not in ENCODINGS:
             problems.append(f"--dtype must be one of {', '.join(ENCODINGS)}; got {self.encoding!r} instead")
+        if self.top_k < 1 or any(not t > 0 for t in self.temperatures) or not self.temperatures:
+            problems.append(f"--top-k must be >= 1 and --temperatures positive numbers; got {self.top_k} and "
+                            f"{','.join(map(str, self.temperatures))} instead")
         if self.chunk_rows < 1:
             problems.append(f"--chunk-rows must be >= 1; got {self.chunk_rows} instead")
         if self.token_budget < self.max_length:
@@ -154,7 +159,7 @@ def _build_store(cfg: BuildConfig) -> BuildResult:
         dataset_fingerprint=dataset_fingerprint(hashes, cfg.data_config), input_names=list(input_names),
         validation_split=cfg.validation_split, created_by=f"logitstore {__version__}",
         pad_token_id=int(tokenizer.pad_token_id or 0),
-        stride=cfg.stride if task.uses_stride else None,
+        stride=cfg.stride if task.uses_stride else None, **task.store_fields(cfg, model_cfg, tokenizer),
     )
     # Faults (issue 10): entries with unreadable metadata are dropped and written again, and a
     # full check of what would be skipped finds damaged splits and blocks to rewrite (repair.py).
@@ -245,6 +250,7 @@ def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> Stor
     store = StoreWriter.open(path)
     old = store.meta
     checks = [("task", old.task, meta.task), ("QA stride", old.stride, meta.stride),
+              ("top-k", old.top_k, meta.top_k), ("temperatures", old.temperatures, meta.temperatures),
               ("tokenizer", old.tokenizer_fingerprint, meta.tokenizer_fingerprint),
               ("label set", old.label_names, meta.label_names),
               ("text columns", old.text_columns, meta.text_columns),
@@ -303,7 +309,7 @@ def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
                 return True
             console.print(f"checkpoint [bold]{ck.name}[/]: complete, skipped")
             return False
-    task = get_task(store.meta.task)
+    task = get_task(store.meta.task).for_store(store.meta)
     _check_teacher(ck, store.meta, task, tokenizer)
     t0 = time.perf_counter()
     val = splits[store.meta.validation_split]
@@ -321,7 +327,7 @@ def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
                   f"parity max |err| {parity:.2e}, provider [bold]{session.provider}[/]")
     meta = CheckpointMeta(
         name=ck.name, source_path=str(ck.path), weights_sha256=wsha, num_labels=store.meta.num_labels,
-        encoding=cfg.encoding, parity_max_abs_err=parity, parity_tolerance=cfg.parity_tolerance,
+        encoding=task.encoding or cfg.encoding, parity_max_abs_err=parity, parity_tolerance=cfg.parity_tolerance,
         provider=session.provider, onnx_path=str(exp.onnx_path), metric=cfg.metric, step=ck.step,
         layout=store.meta.layout,
     )
@@ -329,7 +335,7 @@ def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
     for name, data in splits.items():
         _fill_split(store, ck.name, data, session, cfg)
     errs = [store.logits_meta(ck.name, s).max_abs_err for s in splits]
-    scores = task.scores(store.read_logits(ck.name, val.name), val, store.meta.label_names)
+    scores = task.checkpoint_scores(store, ck.name, val)
     meta = replace(meta, val_loss=scores["loss"], val_score=scores[cfg.metric],
                    val_scores={k: v for k, v in scores.items() if k != "loss"}, encode_max_abs_err=max(errs),
                    build_seconds=round(time.perf_counter() - t0, 3), complete=True)
@@ -370,6 +376,8 @@ def _sample_batches(split: SplitData, pad_id: int, names: tuple[str, ...], rows:
 def _fill_split(store: StoreWriter, ckpt: str, data: SplitData, session: Any, cfg: BuildConfig) -> None:
     """Run the teacher over a split in blocks of ``chunk_rows`` rows, writing each block and
     then its progress; the token layout writes each block's rows' tokens end to end."""
+    if get_task(store.meta.task).fill_split(store, ckpt, data, session, cfg):
+        return  # a task with its own entry layout (causal-LM top-k) wrote it
     per_token = store.meta.layout == "token"
     progress = store.prepare_logits(ckpt, data.name, len(data), store.meta.num_labels, cfg.encoding, cfg.chunk_rows,
                                     tokens=int(data.offsets[-1]) if per_token else None)

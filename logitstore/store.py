@@ -329,6 +329,21 @@ class LogitStore:
             )
         return out
 
+    def read_entry(self, checkpoint: str, split: str, names: Sequence[str], start: int = 0,
+                   stop: int | None = None) -> dict[str, np.ndarray]:
+        """Raw arrays ``names`` [start, stop) of a complete entry of a task with its own entry
+        layout (causal-LM top-k: ids, logp, lse); the task decodes them. Raises
+        StoreCorruptError when the entry is incomplete or an array is unreadable."""
+        meta = self.logits_meta(checkpoint, split) if self.has_checkpoint(checkpoint) else None
+        if meta is None or not meta.complete:
+            raise StoreCorruptError(
+                f"checkpoint {checkpoint!r} has no complete entry for split {split!r} in store {self.path}; "
+                "rerun `logitstore build` to finish it"
+            )
+        with _reading(self.path, f"entry {checkpoint}/{split}"):
+            sg = self._root[f"checkpoints/{checkpoint}/{split}"]
+            return {n: sg[n][start:stop] for n in names}
+
     # ------------------------------------------------------------------ sizes
     def nbytes_on_disk(self, prefix: str = "") -> int:
         """Bytes of the files under the store (local stores only; 0 elsewhere)."""
