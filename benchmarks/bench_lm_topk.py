@@ -8,7 +8,7 @@ The teacher is run in PyTorch (float32) over --tokens tokens; for each K the row
 exactly as the store encodes them (logitstore/topk.py) and written with the store's codecs
 (Blosc zstd + shuffle + CRC32C, 65,536-token chunks) to count bytes, and the distribution
 rebuilt from what is stored (kept ids with their stored log-probabilities, the tail mass
-spread evenly over the other ids) is compared with the full one:
+spread evenly over the other ids) is compared with the full one (the teacher never saw this text):
 
     KL(p_full || p_rebuilt), mean over tokens, split into truncation (exact kept values) and
     truncation + quantisation (the stored values); mean tail mass 1 - sum p_topk.
@@ -20,6 +20,7 @@ Also what each trick buys at every K: ids without delta coding, log-probabilitie
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -37,6 +38,8 @@ from demo.splits import rotten_tomatoes_splits  # noqa: E402
 from logitstore.topk import DEFAULT_STEP, encode_topk  # noqa: E402
 
 KS = (8, 16, 32, 50, 64, 128)
+STEPS = (1 / 32, 1 / 16, 1 / 8, 1 / 4)  # quantisation steps compared at k = STEP_K
+STEP_K = 50
 
 
 def packed_rows(model_dir: Path, cache: Path, tokens: int, max_length: int) -> np.ndarray:
@@ -60,8 +63,9 @@ def packed_rows(model_dir: Path, cache: Path, tokens: int, max_length: int) -> n
     return split.input_ids[:rows * max_length].reshape(rows, max_length).astype(np.int64)
 
 
-def zarr_bytes(arrays: dict[str, np.ndarray]) -> int:
-    """Bytes on disk of ``arrays`` written as the store writes a top-k entry."""
+def zarr_bytes(arrays: dict[str, np.ndarray], chunk: int | None = None) -> int:
+    """Bytes on disk of ``arrays`` written as the store writes a top-k entry (``chunk`` rows
+    per chunk; default the store's 65,536 tokens)."""
     import zarr
 
     from logitstore.writer import TOKEN_LOGIT_CHUNK, _compressors
@@ -69,25 +73,25 @@ def zarr_bytes(arrays: dict[str, np.ndarray]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         g = zarr.open_group(tmp, mode="w")
         for name, a in arrays.items():
-            z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(TOKEN_LOGIT_CHUNK, *a.shape[1:]),
+            z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(chunk or TOKEN_LOGIT_CHUNK, *a.shape[1:]),
                                compressors=_compressors(a.dtype.itemsize))
             z[:] = a
         return sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file() and p.name != "zarr.json")
 
 
-def rebuild_kl(z: torch.Tensor, ids: torch.Tensor, logp_kept: torch.Tensor) -> torch.Tensor:
-    """KL(p || p_rebuilt) per token: z (n, V) float64 logits; ids (n, K); logp_kept (n, K) the
-    rebuilt log-probabilities of the kept ids; the tail mass is spread over the other V - K ids."""
-    n, v = z.shape
-    k = ids.shape[1]
-    log_p = torch.log_softmax(z, -1)  # (n, V)
-    tail = (1 - logp_kept.exp().sum(-1)).clamp_min(1e-12)  # (n,)
-    log_r = (tail.log() - np.log(v - k))[:, None].expand(n, v).clone()  # (n, V)
-    log_r.scatter_(1, ids, logp_kept)
-    return (log_p.exp() * (log_p - log_r)).sum(-1)
+def rebuild_kl(neg_entropy: torch.Tensor, log_p_kept: torch.Tensor, log_r_kept: torch.Tensor, v: int) -> torch.Tensor:
+    """KL(p || r) per token, r = the rebuilt distribution: the kept ids with log-probabilities
+    ``log_r_kept`` (n, K), the rest of the mass spread evenly over the other V - K ids.
+    ``neg_entropy`` (n,) = sum_V p log p; ``log_p_kept`` (n, K) the exact kept log-probabilities.
+    KL = sum_V p log p - sum_kept p log r - P_tail * log(R_tail / (V - K))."""
+    k = log_p_kept.shape[1]
+    p_kept = log_p_kept.exp()
+    p_tail = (1 - p_kept.sum(-1)).clamp_min(0)  # (n,)
+    r_tail = (1 - log_r_kept.exp().sum(-1)).clamp_min(1e-12)  # (n,)
+    return neg_entropy - (p_kept * log_r_kept).sum(-1) - p_tail * (r_tail.log() - np.log(v - k))
 
 
-def measure(model_dir: Path, rows: np.ndarray, batch: int, step: float) -> dict[int, dict[str, float]]:
+def measure(model_dir: Path, rows: np.ndarray, batch: int, step: float) -> dict[float, dict[str, float]]:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
@@ -95,26 +99,34 @@ def measure(model_dir: Path, rows: np.ndarray, batch: int, step: float) -> dict[
     enc: dict[int, list] = {k: [] for k in KS}
     sums = {k: {"kl_trunc": 0.0, "kl_stored": 0.0, "tail": 0.0} for k in KS}
     dense_sample = None
-    started = time.perf_counter()
+    forward_s = 0.0
+    steps: dict[float, dict] = {}
     for a in range(0, len(rows), batch):
+        tick = time.perf_counter()
         with torch.no_grad():
             z = model(torch.from_numpy(rows[a:a + batch]), use_cache=False).logits.float().reshape(-1, v)  # (n, V)
+        forward_s += time.perf_counter() - tick
         if dense_sample is None:
             dense_sample = z[:512].numpy().astype(np.float16)
         lse = torch.logsumexp(z, -1, keepdim=True)  # (n, 1)
+        neg_ent = torch.cat([(torch.log_softmax(c.double(), -1).exp() * torch.log_softmax(c.double(), -1)).sum(-1)
+                             for c in z.split(256)])  # (n,) sum_V p log p
         for k in KS:
             values, ids = torch.topk(z, k, -1)  # (n, k)
             e = encode_topk(values.numpy(), ids.numpy(), lse.numpy(), (1.0,), step, v)
             enc[k].append(e)
             sorted_ids = torch.from_numpy(np.cumsum(e.ids.astype(np.int64), axis=1))
             stored = torch.from_numpy(-e.logp.astype(np.float64) * step - e.lse.astype(np.float64))  # (n, k)
-            exact = (z.double().gather(1, sorted_ids) - lse.double())
-            for c in range(0, len(z), 256):
-                zc = z[c:c + 256].double()
-                sums[k]["kl_trunc"] += float(rebuild_kl(zc, sorted_ids[c:c + 256], exact[c:c + 256]).sum())
-                sums[k]["kl_stored"] += float(rebuild_kl(zc, sorted_ids[c:c + 256], stored[c:c + 256]).sum())
+            exact = z.gather(1, sorted_ids).double() - lse.double()  # (n, k)
+            sums[k]["kl_trunc"] += float(rebuild_kl(neg_ent, exact, exact, v).sum())
+            sums[k]["kl_stored"] += float(rebuild_kl(neg_ent, exact, stored, v).sum())
             sums[k]["tail"] += float((1 - exact.exp().sum(-1)).sum())
-    seconds = time.perf_counter() - started
+            if k == STEP_K:
+                for st in STEPS:
+                    es = encode_topk(values.numpy(), ids.numpy(), lse.numpy(), (1.0,), st, v)
+                    steps.setdefault(st, {"enc": [], "kl": 0.0})["enc"].append(es)
+                    stored_s = torch.from_numpy(-es.logp.astype(np.float64) * st - es.lse.astype(np.float64))
+                    steps[st]["kl"] += float(rebuild_kl(neg_ent, exact, stored_s, v).sum())
     n = rows.size
     out = {}
     for k in KS:
@@ -127,12 +139,17 @@ def measure(model_dir: Path, rows: np.ndarray, batch: int, step: float) -> dict[
         fp16 = zarr_bytes({"ids": ids, "logp": (-logp.astype(np.float32) * step).astype(np.float16), "lse": lse}) / n
         out[k] = {"bytes": store, "bytes_no_delta": no_delta, "bytes_fp16_values": fp16,
                   **{m: s / n for m, s in sums[k].items()}}
-    out[0] = {"dense_fp16_raw": 2.0 * v, "dense_fp16_zstd": zarr_bytes({"z": dense_sample}) / len(dense_sample),
-              "forward_tokens_per_s": n / seconds, "vocab": v}
+    for st, d in steps.items():
+        ids, logp, lse = (np.concatenate([getattr(e, a) for e in d["enc"]]) for a in ("ids", "logp", "lse"))
+        out[-st] = {"bytes": zarr_bytes({"ids": ids, "logp": logp, "lse": lse}) / n,
+                    "bytes_lse_fp16": zarr_bytes({"ids": ids, "logp": logp, "lse": lse.astype(np.float16)}) / n,
+                    "kl_stored": d["kl"] / n, "kl_trunc": out[STEP_K]["kl_trunc"]}
+    out[0] = {"dense_fp16_raw": 2.0 * v, "dense_fp16_zstd": zarr_bytes({"z": dense_sample}, 64) / len(dense_sample),
+              "forward_tokens_per_s": n / forward_s, "vocab": v}
     return out
 
 
-def report(res: dict[int, dict[str, float]], tokens: int, max_length: int, threads: int) -> str:
+def report(res: dict[float, dict[str, float]], tokens: int, max_length: int, threads: int) -> str:
     d = res[0]
     lines = [f"SmolLM2-135M-Instruct (vocabulary {int(d['vocab']):,}), {tokens:,} tokens of Rotten Tomatoes "
              f"validation snippets packed into rows of {max_length}; {platform.processor() or platform.machine()}, "
@@ -145,6 +162,13 @@ def report(res: dict[int, dict[str, float]], tokens: int, max_length: int, threa
         r = res[k]
         lines.append(f"| {k} | {r['bytes']:.1f} | {d['dense_fp16_raw'] / r['bytes']:,.0f} | {r['bytes_no_delta']:.1f} "
                      f"| {r['bytes_fp16_values']:.1f} | {r['tail']:.3f} | {r['kl_trunc']:.4f} | {r['kl_stored']:.4f} |")
+    lines += ["", f"At k = {STEP_K}, by quantisation step of the stored log-probabilities:", "",
+              "| step (nat) | B/token | B/token with lse in fp16 | KL stored | KL stored - KL truncation |",
+              "|---|---|---|---|---|"]
+    for st in STEPS:
+        r = res[-st]
+        lines.append(f"| 1/{round(1 / st)} | {r['bytes']:.1f} | {r['bytes_lse_fp16']:.1f} | {r['kl_stored']:.4f} "
+                     f"| {r['kl_stored'] - r['kl_trunc']:.5f} |")
     lines.append(f"\nPyTorch forward (float32, eager): {d['forward_tokens_per_s']:.0f} tokens/s.")
     return "\n".join(lines)
 
@@ -161,10 +185,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model_dir = smollm2_checkpoint(args.cache)
     rows = packed_rows(model_dir, args.cache, args.tokens, args.max_length)
-    text = report(measure(model_dir, rows, args.batch, DEFAULT_STEP), rows.size, args.max_length, args.threads)
+    res = measure(model_dir, rows, args.batch, DEFAULT_STEP)
+    text = report(res, rows.size, args.max_length, args.threads)
     print(text)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(text + "\n")
+    args.report.with_suffix(".json").write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

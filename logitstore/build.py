@@ -63,6 +63,7 @@ class BuildConfig:
     stride: int = 32
     top_k: int = 50  # causal-lm: kept ids per token, and the temperatures whose log-sum-exp is stored
     temperatures: tuple[float, ...] = (1.0,)
+    logp_step: float = 0.125  # causal-lm: quantisation step (nats) of the stored log-probabilities
     data_config: DataConfig = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -83,9 +84,10 @@ class BuildConfig:
             problems.append("give at least one --teacher, or --tokenizer for a store of token ids only")
         if self.encoding not in ENCODINGS:
             problems.append(f"--dtype must be one of {', '.join(ENCODINGS)}; got {self.encoding!r} instead")
-        if self.top_k < 1 or any(not t > 0 for t in self.temperatures) or not self.temperatures:
-            problems.append(f"--top-k must be >= 1 and --temperatures positive numbers; got {self.top_k} and "
-                            f"{','.join(map(str, self.temperatures))} instead")
+        if (self.top_k < 1 or not self.temperatures or any(not t > 0 for t in self.temperatures)
+                or not self.logp_step > 0):
+            problems.append(f"--top-k must be >= 1, --temperatures positive numbers and --logp-step > 0; got "
+                            f"{self.top_k}, {','.join(map(str, self.temperatures))} and {self.logp_step} instead")
         if self.chunk_rows < 1:
             problems.append(f"--chunk-rows must be >= 1; got {self.chunk_rows} instead")
         if self.token_budget < self.max_length:
@@ -251,6 +253,7 @@ def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> Stor
     old = store.meta
     checks = [("task", old.task, meta.task), ("QA stride", old.stride, meta.stride),
               ("top-k", old.top_k, meta.top_k), ("temperatures", old.temperatures, meta.temperatures),
+              ("log-prob step", old.logp_step, meta.logp_step),
               ("tokenizer", old.tokenizer_fingerprint, meta.tokenizer_fingerprint),
               ("label set", old.label_names, meta.label_names),
               ("text columns", old.text_columns, meta.text_columns),

@@ -68,6 +68,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--temperatures", default="1", metavar="T1,T2,...",
                    help="causal-lm: temperatures at which each position's log-sum-exp is stored, so the tail mass "
                         "is exact there; students may use only these (default: 1)")
+    b.add_argument("--logp-step", type=float, default=0.125, metavar="NATS",
+                   help="causal-lm: quantisation step of the stored log-probabilities (default: 0.125; 0.0625 halves "
+                        "the error for ~6%% more bytes)")
     b.add_argument("--metric", default=None, choices=sorted({m for t in TASKS.values() for m in t.metrics}),
                    help="validation score that ranks checkpoints for ths (default: accuracy; ner: entity f1; "
                         "qa: f1)")
@@ -133,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
             max_length=args.max_length, encoding=args.dtype, chunk_rows=args.chunk_rows,
             token_budget=args.token_budget, provider=args.provider, threads=args.threads, metric=args.metric,
             task=args.task, stride=args.stride, top_k=args.top_k, temperatures=_floats(args.temperatures),
+            logp_step=args.logp_step,
         )
         result = build_store(cfg)
         print_info(result.store)

@@ -175,13 +175,16 @@ def test_a_causal_lm_store_claiming_version_2_is_corrupt(lm_store, tmp_path):
     (("--top-k", "0"), "--top-k must be >= 1"),
     (("--top-k", "100000"), "--top-k must be between 1 and the vocabulary size"),
     (("--temperatures", "0"), "--temperatures positive"),
+    (("--logp-step", "0"), "--logp-step > 0"),
     (("--temperatures", "a"), "--temperatures must be numbers"),
 ])
 def test_bad_settings_are_one_line_errors(flags, needle, lm_run, tmp_path, capsys, _env):
     data = write_lm_splits(tmp_path / "data", {"train": 10, "validation": 4})
     args = _build_args(lm_run, data, tmp_path / "s.zarr")
-    at = args.index(flags[0])
-    args[at + 1] = flags[1]
+    if flags[0] in args:
+        args[args.index(flags[0]) + 1] = flags[1]
+    else:
+        args += list(flags)
     code, line = run_cli(capsys, *args)
     assert_one_line_error(code, line, needle)
     assert not (tmp_path / "s.zarr" / "checkpoints").exists() or not open_store(tmp_path / "s.zarr").checkpoint_names()

@@ -77,7 +77,7 @@ class CausalLM(Task):
             console.print(f"note: the teacher's vocabulary ({vocab:,}) is larger than its tokenizer's "
                           f"({len(tokenizer):,}, padded); the padded ids take part in the top-k and the log-sum-exp")
         return {"format_version": self.format_version, "top_k": int(cfg.top_k), "vocab_size": vocab,
-                "temperatures": [float(t) for t in cfg.temperatures], "logp_step": DEFAULT_STEP}
+                "temperatures": [float(t) for t in cfg.temperatures], "logp_step": float(cfg.logp_step)}
 
     # ------------------------------------------------------------------ data
     def config_problems(self, cfg: "DataConfig") -> list[str]:
