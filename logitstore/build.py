@@ -63,6 +63,9 @@ class BuildConfig:
     metric: str | None = None
     task: str | None = None
     stride: int = 32
+    top_k: int = 50  # causal-lm: kept ids per token, and the temperatures whose log-sum-exp is stored
+    temperatures: tuple[float, ...] = (1.0,)
+    logp_step: float = 0.125  # causal-lm: quantisation step (nats) of the stored log-probabilities
     data_config: DataConfig = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +86,10 @@ class BuildConfig:
             problems.append("give at least one --teacher, or --tokenizer for a store of token ids only")
         if self.encoding not in ENCODINGS:
             problems.append(f"--dtype must be one of {', '.join(ENCODINGS)}; got {self.encoding!r} instead")
+        if (self.top_k < 1 or not self.temperatures or any(not t > 0 for t in self.temperatures)
+                or not self.logp_step > 0):
+            problems.append(f"--top-k must be >= 1, --temperatures positive numbers and --logp-step > 0; got "
+                            f"{self.top_k}, {','.join(map(str, self.temperatures))} and {self.logp_step} instead")
         if self.chunk_rows < 1:
             problems.append(f"--chunk-rows must be >= 1; got {self.chunk_rows} instead")
         if self.token_budget < self.max_length:
@@ -163,6 +170,7 @@ def _build_store(cfg: BuildConfig) -> BuildResult:
         validation_split=cfg.validation_split, created_by=f"logitstore {__version__}",
         pad_token_id=int(tokenizer.pad_token_id or 0),
         stride=cfg.stride if task.uses_stride else None, source_file=source_file(cfg.data),
+        **task.store_fields(cfg, model_cfg, tokenizer),
     )
     # Faults (issue 10): entries with unreadable metadata are dropped and written again, and a
     # full check of what would be skipped finds damaged splits and blocks to rewrite (repair.py).
@@ -253,6 +261,8 @@ def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> Stor
     store = StoreWriter.open(path)
     old = store.meta
     checks = [("task", old.task, meta.task), ("QA stride", old.stride, meta.stride),
+              ("top-k", old.top_k, meta.top_k), ("temperatures", old.temperatures, meta.temperatures),
+              ("log-prob step", old.logp_step, meta.logp_step),
               ("tokenizer", old.tokenizer_fingerprint, meta.tokenizer_fingerprint),
               ("label set", old.label_names, meta.label_names),
               ("text columns", old.text_columns, meta.text_columns),
@@ -311,7 +321,7 @@ def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
                 return True
             console.print(f"checkpoint [bold]{ck.name}[/]: complete, skipped")
             return False
-    task = get_task(store.meta.task)
+    task = get_task(store.meta.task).for_store(store.meta)
     _check_teacher(ck, store.meta, task, tokenizer)
     t0 = time.perf_counter()
     val = splits[store.meta.validation_split]
@@ -329,7 +339,7 @@ def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
                   f"parity max |err| {parity:.2e}, provider [bold]{session.provider}[/]")
     meta = CheckpointMeta(
         name=ck.name, source_path=str(ck.path), weights_sha256=wsha, num_labels=store.meta.num_labels,
-        encoding=cfg.encoding, parity_max_abs_err=parity, parity_tolerance=cfg.parity_tolerance,
+        encoding=task.encoding or cfg.encoding, parity_max_abs_err=parity, parity_tolerance=cfg.parity_tolerance,
         provider=session.provider, onnx_path=str(exp.onnx_path), metric=cfg.metric, step=ck.step,
         layout=store.meta.layout,
     )
@@ -373,6 +383,8 @@ def _sample_batches(split: SplitData, pad_id: int, names: tuple[str, ...], rows:
 def _fill_split(store: StoreWriter, ckpt: str, data: SplitData, session: Any, cfg: BuildConfig) -> None:
     """Run the teacher over a split in blocks of ``chunk_rows`` rows, writing each block and
     then its progress; the token layout writes each block's rows' tokens end to end."""
+    if get_task(store.meta.task).fill_split(store, ckpt, data, session, cfg):
+        return  # a task with its own entry layout (causal-LM top-k) wrote it
     per_token = store.meta.layout == "token"
     progress = store.prepare_logits(ckpt, data.name, len(data), store.meta.num_labels, cfg.encoding, cfg.chunk_rows,
                                     tokens=int(data.offsets[-1]) if per_token else None)

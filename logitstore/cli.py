@@ -38,7 +38,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                         "NER: also CoNLL two-column .conll/.txt files; QA: also SQuAD .json files")
     b.add_argument("--task", default=None, choices=[*ALIASES, *TASKS],
                    help="classification (one label per example), ner (BIO tag per word: per-token logits) or "
-                        "qa (extractive: start/end logits per token); default: what the teacher's "
+                        "qa (extractive: start/end logits per token) or causal-lm (packed text: top-k per token); default: what the teacher's "
                         "config.architectures says, else classification")
     b.add_argument("--stride", type=int, default=32,
                    help="QA: tokens shared by consecutive windows of a context longer than --max-length "
@@ -65,9 +65,26 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider (default: auto = CUDA when working, else CPU)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all cores)")
+    b.add_argument("--top-k", type=int, default=50,
+                   help="causal-lm: teacher token ids kept per position, with their log-probabilities (default: 50)")
+    b.add_argument("--temperatures", default="1", metavar="T1,T2,...",
+                   help="causal-lm: temperatures at which each position's log-sum-exp is stored, so the tail mass "
+                        "is exact there; students may use only these (default: 1)")
+    b.add_argument("--logp-step", type=float, default=0.125, metavar="NATS",
+                   help="causal-lm: quantisation step of the stored log-probabilities (default: 0.125; 0.0625 halves "
+                        "the error for ~6%% more bytes)")
     b.add_argument("--metric", default=None, choices=sorted({m for t in TASKS.values() for m in t.metrics}),
                    help="validation score that ranks checkpoints for ths (default: accuracy; ner: entity f1; "
                         "qa: f1)")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    from logitstore.errors import DataError
+
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise DataError(f"--temperatures must be numbers like 1,2; got {text!r} instead") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -145,7 +162,8 @@ def _run(args: argparse.Namespace) -> int:
             validation_split=args.validation_split, split_fractions=fractions, split_seed=args.split_seed,
             max_length=args.max_length, encoding=args.dtype, chunk_rows=args.chunk_rows,
             token_budget=args.token_budget, provider=args.provider, threads=args.threads, metric=args.metric,
-            task=args.task, stride=args.stride,
+            task=args.task, stride=args.stride, top_k=args.top_k, temperatures=_floats(args.temperatures),
+            logp_step=args.logp_step,
         )
         result = build_store(cfg)
         print_info(result.store)

@@ -98,7 +98,7 @@ def load_splits(cfg: DataConfig) -> dict[str, Any]:
         raise DataError(f"cannot read data {cfg.source} ({type(exc).__name__}: {exc}); check the path or format") from exc
     dd = {_ALIASES.get(k, k): v.add_column("__example_id", list(range(len(v)))) for k, v in dd.items()}
     for name, ds in dd.items():
-        missing = [c for c in (*cfg.text_columns, cfg.label_column) if c not in ds.column_names]
+        missing = [c for c in (*cfg.text_columns, cfg.label_column) if c and c not in ds.column_names]  # causal-lm: no label column
         if missing:
             raise DataError(
                 f"split {name!r} has no column {', '.join(map(repr, missing))} (columns: {', '.join(ds.column_names[:-1])}); "

@@ -91,15 +91,17 @@ def graph_input_names(model: Any) -> tuple[str, ...]:
 
 
 class LogitsOnly(torch.nn.Module):
-    """Wraps a model so it takes the graph's inputs positionally and returns (logits,): the
-    task's stored tensor, (B, C) for the row layout, (B, T, C) for the token layout."""
+    """Wraps a model so it takes the graph's inputs positionally and returns the task's graph
+    outputs: (logits,), (B, C) for the row layout, (B, T, C) for the token layout; the causal
+    LM's top-k, log-sum-exp and next-token NLL (Task.graph_outputs)."""
 
     def __init__(self, model: Any, names: tuple[str, ...], task: Task) -> None:
         super().__init__()
         self.model, self.names, self.task = model, names, task
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self.task.model_logits(self.model(**dict(zip(self.names, inputs)))),)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feed = dict(zip(self.names, inputs))
+        return self.task.graph_outputs(self.model(**feed, **self.task.forward_kwargs), feed)
 
 
 def probe_inputs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
@@ -181,13 +183,12 @@ def _export(model: Any, folder: Path, target: Path, task: Task, wsha: str,
 
 def _write_graph(model: Any, names: tuple[str, ...], path: Path, task: Task) -> None:
     dummy = tuple(torch.ones((2, 8), dtype=torch.long) for _ in names)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch", 1: "sequence"} if task.per_token
-                                                               else {0: "batch"}}
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | task.graph_axes()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(LogitsOnly(model, names, task).eval(), dummy, str(path), dynamo=False,
-                              input_names=list(names), output_names=["logits"], dynamic_axes=axes,
+                              input_names=list(names), output_names=list(task.output_names), dynamic_axes=axes,
                               opset_version=OPSET)
         model.eval()  # the exporter restores the wrapper's train/eval mode on the model
     except Exception as exc:
@@ -247,20 +248,17 @@ def _touch(path: Path) -> None:
 
 def parity_error(model: Any, session: Any, sample: list[dict[str, np.ndarray]], names: tuple[str, ...],
                  task: Task) -> float:
-    """Max |ONNX - PyTorch| over the logits of every batch in ``sample`` (padding
-    positions included: the graph must match PyTorch on them too).
-
-    Positions where both give the same NaN/inf count as equal (a broken checkpoint is
-    the inference step's error to report, not the exporter's); NaN on one side is inf."""
+    """Max |ONNX - PyTorch| over the graph outputs of every batch in ``sample`` (padding
+    positions included: the graph must match PyTorch on them too); the comparison is the
+    task's (``Task.parity``: NaN/inf rules, tied top-k ids)."""
     err = 0.0
+    wrapper = LogitsOnly(model, names, task).eval()
     for batch in sample:
         feed = {n: batch[n].astype(np.int64) for n in names}
-        got = session.run(["logits"], feed)[0]
+        got = session.run(list(task.output_names), feed)
         with torch.no_grad():
-            ref = task.model_logits(model(**{n: torch.from_numpy(v) for n, v in feed.items()})).float().numpy()
-        same_nonfinite = ~np.isfinite(got) & ~np.isfinite(ref) & ((got == ref) | (np.isnan(got) & np.isnan(ref)))
-        diff = np.where(same_nonfinite, 0.0, np.abs(got - ref))  # NaN where only one side is NaN
-        err = max(err, float(np.nan_to_num(diff, nan=np.inf).max()))
+            ref = [t.float().numpy() if t.is_floating_point() else t.numpy() for t in wrapper(*(torch.from_numpy(feed[n]) for n in names))]
+        err = max(err, task.parity(got, ref))
     return err
 
 

@@ -14,8 +14,12 @@ FORMAT_NAME = "logitstore"
 #: Version 2 added the token-classification and question-answering tasks (layout "token");
 #: a version 1 store is a version 2 sequence-classification store, so both are read.
 FORMAT_VERSION = 2
+#: Version 3 adds the causal-LM top-k layout (``causal-lm-topk``): only stores of that layout
+#: are written as version 3 (their task's ``format_version``), so older readers refuse them in
+#: one line while dense stores stay version 2 and readable by them.
+LATEST_VERSION = 3
 #: Format versions this code reads.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 
 ENCODINGS = ("fp16", "fp32", "int8")
 
@@ -74,12 +78,26 @@ class StoreMeta(_Meta):
     #: The one data file every split was read from (``--data FILE``): its ``path``,
     #: ``sha256`` and ``bytes``; None for a folder or a dataset (added within format 2).
     source_file: dict[str, Any] | None = None
+    #: causal-lm-topk (format 3) only: kept ids per token, the temperatures whose log-sum-exp
+    #: is stored, the teacher's vocabulary size and the log-probability quantisation step.
+    top_k: int | None = None
+    temperatures: list[float] | None = None
+    vocab_size: int | None = None
+    logp_step: float | None = None
     format_version: int = FORMAT_VERSION
     format: str = FORMAT_NAME
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON; the causal-LM fields only when set, so dense stores stay exactly version 2."""
+        d = super().to_dict()
+        for key in ("top_k", "temperatures", "vocab_size", "logp_step"):
+            if d[key] is None:
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, data: Any) -> "StoreMeta":
@@ -104,6 +122,10 @@ class StoreMeta(_Meta):
                 f"store task {meta.task!r} is not known to this logitstore (knows {', '.join(TASKS)}); "
                 "upgrade logitstore"
             )
+        need = getattr(TASKS[meta.task], "format_version", 1)
+        if meta.format_version < need:
+            raise StoreCorruptError(f"store of task {meta.task} says format version {meta.format_version} but that "
+                                    f"task needs version {need}; the store is corrupt: rebuild it")
         return meta
 
     @property

@@ -13,7 +13,7 @@ import numpy as np
 
 # Sessions are made in logitstore.runtime; make_session stays importable from here (build, benchmarks).
 from logitstore.runtime import Session, make_session  # noqa: F401
-from logitstore.store import pad_batch
+from logitstore.padding import pad_batch
 
 
 def plan_batches(lengths: np.ndarray, token_budget: int, max_batch: int = 512) -> list[np.ndarray]:

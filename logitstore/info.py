@@ -32,7 +32,9 @@ def print_info(path: Path, console: Console | None = None) -> LogitStore:
     console = console or Console(width=None if sys.stdout.isatty() else 150)
     store = open_store(path)
     m = store.meta
-    console.print(f"[bold]{path}[/]  format v{m.format_version}, {m.task}, labels: {', '.join(m.label_names)}, "
+    labels = f"labels: {', '.join(m.label_names)}" if m.top_k is None else (  # causal-lm: what each token keeps
+        f"top-k {m.top_k} of {m.vocab_size:,} ids, lse at tau {', '.join(f'{t:g}' for t in m.temperatures or [])}")
+    console.print(f"[bold]{path}[/]  format v{m.format_version}, {m.task}, {labels}, "
                   f"text: {' + '.join(m.text_columns)}, max length {m.max_length}")
     if m.source_file:
         console.print(f"data: {m.source_file['path']} (one file; `logitstore splits {path} --out DIR` writes "
@@ -90,7 +92,7 @@ def _checkpoints_table(store: LogitStore, entries: list[Entry], split_entries: l
             ck.add_row(e.name, *[""] * 9, _status(e))
             continue
         vectors = "tokens" if m.layout == "token" else "rows"  # one logit vector per token or per row
-        logits = sum(getattr(x.meta, vectors) for x in split_entries if x.meta is not None) * c.num_labels
+        logits = sum(getattr(x.meta, vectors) for x in split_entries if x.meta is not None) * max(1, c.num_labels)  # causal-lm: bytes/token
         nbytes = store.nbytes_on_disk(f"checkpoints/{c.name}")
         ck.add_row(c.name, "" if c.step is None else str(c.step),
                    "" if c.val_loss is None else f"{c.val_loss:.4f}",

@@ -186,23 +186,29 @@ def repair_checkpoint(store: Any, ck: Any, meta: CheckpointMeta, cfg: Any, split
     ``ck`` (store entry ``meta``); returns the number of blocks computed."""
     from logitstore.export import export_checkpoint
 
-    task = get_task(store.meta.task)
+    task = get_task(store.meta.task).for_store(store.meta)
     exp = export_checkpoint(ck.path, None, cfg.parity_tolerance, weights_sha=meta.weights_sha256, task=task)
     session = _session(exp.onnx_path, meta.provider, cfg)
     raw = raw_store(store.path, writable=True)
     per_token = store.meta.layout == "token"
     whole = plan.entries.get(ck.name, frozenset())
+    own = task.entry_arrays(store.meta, "", 0) is not None  # causal-LM top-k: damaged entries are rebuilt whole
+    if own:
+        whole = whole | frozenset(plan.blocks.get(ck.name, {}))
     done = 0
     for split in sorted(whole):
         data = splits[split]
         _sync(raw.delete_dir(f"checkpoints/{ck.name}/{split}"))
+        if own and task.fill_split(store, ck.name, data, session, cfg):
+            done += -(-len(data) // cfg.chunk_rows)
+            continue
         store.prepare_logits(ck.name, split, len(data), store.meta.num_labels, meta.encoding, cfg.chunk_rows,
                              tokens=int(data.offsets[-1]) if per_token else None)
         ranges = [(s, min(s + cfg.chunk_rows, len(data))) for s in range(0, len(data), cfg.chunk_rows)]
         done += _write_blocks(store, ck.name, data, session, cfg, meta.encoding, ranges, keep_complete=False)
     assert plan.report is not None
     damaged = next((e for e in plan.report.damaged if e.kind == "checkpoint" and e.name == ck.name), None)
-    for split, ranges in sorted(plan.blocks.get(ck.name, {}).items()):
+    for split, ranges in sorted({} if own else plan.blocks.get(ck.name, {}).items()):
         # Drop the damaged chunks first: a block that covers a chunk only in part (token layout)
         # makes zarr read the chunk to update it, and a damaged one cannot be read.
         for d in damaged.damage if damaged else []:

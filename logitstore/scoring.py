@@ -21,8 +21,8 @@ def scored(store: Any, meta: CheckpointMeta, splits: dict[str, SplitData]) -> Ch
     ``val_scores`` from the store's validation split. ``store``: an open LogitStore whose
     logits of ``meta.name`` are complete for those splits; raises StoreCorruptError otherwise."""
     task = get_task(store.meta.task)
-    scores = {name: task.scores(store.read_logits(meta.name, name), data, store.meta.label_names)
-              for name, data in splits.items()}
+    names = list(splits) if task.scores_every_split else [store.meta.validation_split]
+    scores = {name: task.checkpoint_scores(store, meta.name, splits[name]) for name in names}
     val = scores[store.meta.validation_split]
     return replace(meta, val_loss=val["loss"], val_score=val[meta.metric],
                    val_scores={k: v for k, v in val.items() if k != "loss"}, split_scores=scores)

@@ -109,31 +109,6 @@ def ragged(rows: Sequence[Sequence[int]], dtype: Any) -> tuple[np.ndarray, np.nd
     return np.fromiter((t for r in rows for t in r), dtype=dtype, count=int(offsets[-1])), offsets
 
 
-def padded(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, fill: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``rows`` (B,) of a ragged array (``flat`` (T, ...) end to end, ``offsets``
-    (R+1,)) right-padded with ``fill`` to the longest of them: (values (B, W, ...) of
-    ``flat``'s dtype, mask (B, W) bool, True on real positions). The one ragged-row padder
-    of the project: the teacher's inference feeds and the students' batches use it."""
-    starts = offsets[rows]  # (B,)
-    lengths = offsets[rows + 1] - starts  # (B,)
-    pos = np.arange(int(lengths.max()))[None, :]  # (1, W)
-    mask = pos < lengths[:, None]  # (B, W)
-    values = flat[np.where(mask, starts[:, None] + pos, 0)]  # (B, W, ...) a copy
-    values[~mask] = fill
-    return values, mask
-
-
-def pad_batch(input_ids: np.ndarray, offsets: np.ndarray, token_type_ids: np.ndarray | None, rows: np.ndarray,
-              pad_id: int, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The int64 feed the graph declares (``names``) for ``rows`` of a split's ragged
-    arrays, right-padded to the longest row: input_ids, attention_mask, token_type_ids
-    (zeros when the split has none), each (B, T)."""
-    ids, mask = padded(input_ids, offsets, rows, pad_id)  # (B, T), (B, T)
-    types = np.zeros_like(ids) if token_type_ids is None else padded(token_type_ids, offsets, rows, 0)[0]
-    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    return {n: feed[n].astype(np.int64) for n in names}
-
-
 class LogitStore:
     """A logit store on disk, opened read-only. Use :func:`open_store` to read one."""
 
@@ -360,6 +335,21 @@ class LogitStore:
                 f"them (`logitstore verify {self.path}` shows the damage)"  # faults (issue 10): repairable now
             )
         return out
+
+    def read_entry(self, checkpoint: str, split: str, names: Sequence[str], start: int = 0,
+                   stop: int | None = None) -> dict[str, np.ndarray]:
+        """Raw arrays ``names`` [start, stop) of a complete entry of a task with its own entry
+        layout (causal-LM top-k: ids, logp, lse); the task decodes them. Raises
+        StoreCorruptError when the entry is incomplete or an array is unreadable."""
+        meta = self.logits_meta(checkpoint, split) if self.has_checkpoint(checkpoint) else None
+        if meta is None or not meta.complete:
+            raise StoreCorruptError(
+                f"checkpoint {checkpoint!r} has no complete entry for split {split!r} in store {self.path}; "
+                "rerun `logitstore build` to finish it"
+            )
+        with _reading(self.path, f"entry {checkpoint}/{split}"):
+            sg = self._root[f"checkpoints/{checkpoint}/{split}"]
+            return {n: sg[n][start:stop] for n in names}
 
     # ------------------------------------------------------------------ sizes
     def nbytes_on_disk(self, prefix: str = "") -> int:

@@ -286,6 +286,11 @@ def _scan_logits(raw: Any, node: str, ck: CheckpointMeta, store_meta: StoreMeta,
     if not meta.complete or meta.rows != split.rows:
         return [Damage(node, f"entry of {meta.rows:,} rows, {meta.rows_done:,} done, in a complete checkpoint "
                              f"(split has {split.rows:,} rows)")]
+    from logitstore.tasks import get_task
+
+    spec = get_task(store_meta.task).entry_arrays(store_meta, split.name, split.tokens)
+    if spec is not None:  # a task with its own entry layout (causal-LM top-k)
+        return _scan_entry(raw, node, spec, read)
     length = split.tokens if store_meta.layout == "token" else split.rows
     arrays = {"logits": (length, store_meta.num_labels)} | ({"scale": (length,)} if ck.encoding == "int8" else {})
     opened = {}
@@ -313,6 +318,21 @@ def _scan_logits(raw: Any, node: str, ck: CheckpointMeta, store_meta: StoreMeta,
     damage = check_chunks(raw, f"{node}/logits", opened["logits"], read, absent_ok)
     if "scale" in opened:
         damage += check_chunks(raw, f"{node}/scale", opened["scale"], read)
+    return damage
+
+
+def _scan_entry(raw: Any, node: str, spec: dict[str, tuple[tuple[int, ...], str]], read: bool) -> list[Damage]:
+    """Damage of an entry whose arrays (shape, dtype) the task names; any shape or dtype
+    problem is reported on the entry itself (rebuilt whole)."""
+    damage: list[Damage] = []
+    for key, (shape, dtype) in spec.items():
+        try:
+            arr = _array(raw, f"{node}/{key}")
+        except Exception as exc:  # noqa: BLE001
+            return [Damage(node, f"{key} array missing or unreadable ({_why(exc)})")]
+        if tuple(arr.shape) != shape or arr.dtype != np.dtype(dtype):
+            return [Damage(node, f"{key} is {tuple(arr.shape)} {arr.dtype}, the metadata says {shape} {dtype}")]
+        damage += check_chunks(raw, f"{node}/{key}", arr, read)
     return damage
 
 

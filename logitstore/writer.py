@@ -186,6 +186,40 @@ class StoreWriter(LogitStore):
         sg.attrs[ATTR] = replace(meta, rows_done=done, complete=done == meta.rows,
                                  max_abs_err=max(meta.max_abs_err, block.max_abs_err)).to_dict()
 
+    # ------------------------------------------------------------------ entries of other layouts
+    def prepare_entry(self, checkpoint: str, split: str, rows: int, block_rows: int,
+                      arrays: dict[str, tuple[tuple[int, ...], str, Any]]) -> LogitsMeta:
+        """Create the arrays of one checkpoint and split for a task with its own entry layout
+        (causal-LM top-k), or return the progress of an existing matching entry (resume).
+        ``arrays``: name -> (shape, dtype, fill value); chunked by TOKEN_LOGIT_CHUNK along the
+        first axis (tokens), written in blocks of ``block_rows`` rows."""
+        g = self._root[f"checkpoints/{checkpoint}"]
+        meta = self.logits_meta(checkpoint, split)
+        if meta is not None and meta.rows == rows and meta.block_rows == block_rows:
+            sg = g[split]
+            if all(k in sg and sg[k].shape == shape and sg[k].dtype == np.dtype(dt)
+                   for k, (shape, dt, _) in arrays.items()):
+                return meta
+        sg = g.create_group(split, overwrite=True)
+        meta = LogitsMeta(rows=rows, block_rows=block_rows)
+        sg.attrs[ATTR] = meta.to_dict()
+        for key, (shape, dt, fill) in arrays.items():
+            sg.create_array(key, shape=shape, dtype=dt, chunks=(TOKEN_LOGIT_CHUNK, *shape[1:]), fill_value=fill,
+                            compressors=_compressors(np.dtype(dt).itemsize))
+        return meta
+
+    def write_entry_block(self, checkpoint: str, split: str, start: int, values: dict[str, np.ndarray],
+                          rows_done: int, max_abs_err: float) -> None:
+        """Write each array's block at [start, start + len) of the first axis, then record
+        ``rows_done`` (and the entry's largest encoding error so far)."""
+        sg = self._root[f"checkpoints/{checkpoint}/{split}"]
+        for key, block in values.items():
+            if len(block):
+                sg[key][start:start + len(block)] = block
+        meta = LogitsMeta.from_dict(sg.attrs.get(ATTR))
+        sg.attrs[ATTR] = replace(meta, rows_done=rows_done, complete=rows_done == meta.rows,
+                                 max_abs_err=max(meta.max_abs_err, max_abs_err)).to_dict()
+
 
 def refuse_links(root: Path) -> None:
     """Raise StoreCorruptError when a folder or file inside the local store ``root`` is a

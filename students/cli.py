@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import get_args, get_type_hints
 
 from logitstore.errors import LogitStoreError, run_cli
-from students.config import (DISTANCES, MODES, ONLINE_KINDS, SCHEDULES, STUDENT_TEMPERATURES, TrainConfig,
+from students.config import (DISTANCES, MODES, ONLINE_KINDS, SCHEDULES, STUDENT_TEMPERATURES, TAILS, TrainConfig,
                              default_threads)
 from students.errors import StudentsError
 from students.sweep.space import SPACE_KEYS, SweepSpace
@@ -45,7 +45,12 @@ _HINTS = get_type_hints(TrainConfig)
 #: Every training flag, once: `students train` has them all, `students sweep` those not train_only.
 OPTIONS = (
     Option("distance", "teacher-student distance: ce = KL between softened distributions (logged as KL, 0 at a "
-           "match), mse = mean squared error between scaled logits", "distillation", True, choices=DISTANCES),
+           "match), mse = mean squared error between scaled logits; causal-LM stores also fkl (= ce), rkl (reverse KL), "
+           "gjsd (generalized JSD, --beta), tvd (total variation)", "distillation", True, choices=DISTANCES),
+    Option("tail", "causal-LM stores: the teacher's mass outside its top-k: bucket = one extra class on both sides "
+           "(needs the store's lse at tau_t), renormalize = both restricted to the kept ids", "distillation", True,
+           choices=TAILS),
+    Option("beta", "causal-LM stores: beta of the generalized JSD (0 < beta < 1)", "distillation", True),
     Option("temperature", "teacher temperature tau_t", "distillation", True, metavar="TAU_T"),
     Option("student_temperature", "student temperature tau_s: 1 (only the teacher is softened) or teacher "
            "(tau_s = tau_t, Hinton et al.)", "distillation", True, choices=STUDENT_TEMPERATURES),

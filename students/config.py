@@ -26,7 +26,10 @@ from typing import Any, TypeVar
 
 from students.errors import ConfigError, OutputPathError
 
-DISTANCES = ("ce", "mse")
+#: ce and mse work on every store; fkl (= ce), rkl, gjsd and tvd on causal-LM stores (students/sparse_loss.py).
+DENSE_DISTANCES = ("ce", "mse")
+DISTANCES = (*DENSE_DISTANCES, "fkl", "rkl", "gjsd", "tvd")
+TAILS = ("bucket", "renormalize")
 STUDENT_TEMPERATURES = ("1", "teacher")
 MODES = ("auto", "ram", "stream")
 SCHEDULES = ("linear", "constant")
@@ -210,6 +213,8 @@ class TrainConfig:
     progress: bool = True
     save_checkpoints: bool = False
     threads: int | None = None
+    tail: str = "bucket"  # causal-LM stores: the teacher's mass outside its top-k (students/sparse_loss.py)
+    beta: float = 0.5  # causal-LM stores: beta of the generalized JSD
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -237,6 +242,9 @@ class TrainConfig:
             p.append(f"threads must be >= 1 or unset. Got {self.threads} instead")
         if self.eval_every is not None and self.eval_every < 1:
             p.append(f"eval every must be >= 1 or unset. Got {self.eval_every} instead")
+        if self.tail not in TAILS or not 0 < self.beta < 1:
+            p.append(f"tail must be one of {', '.join(TAILS)} and beta in (0, 1). Got {self.tail!r} and {self.beta} "
+                     "instead")
         if self.online is not None and self.online not in ONLINE_KINDS:
             p.append(f"online must be one of {', '.join(ONLINE_KINDS)} or unset. Got {self.online!r} instead")
         if not (self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda")):

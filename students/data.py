@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData, pad_batch, padded
+from logitstore.padding import pad_batch, padded
+from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, LogitStore, SplitData
 from logitstore.tasks import IGNORE, get_task
 from students.config import LoaderConfig
 

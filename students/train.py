@@ -31,7 +31,7 @@ from logitstore.errors import NoCheckpointError
 from logitstore.format import CheckpointMeta
 from logitstore.store import LogitStore, SplitData, open_store
 from logitstore.tasks import Task, get_task
-from students.config import KDLossConfig, OptimConfig, TrainConfig, default_threads, output_dir
+from students.config import DENSE_DISTANCES, KDLossConfig, OptimConfig, TrainConfig, default_threads, output_dir
 from students.data import Batch, SplitBatches
 from students.errors import ConfigError, StoreContentError
 from students.loss import task_loss
@@ -204,6 +204,8 @@ def _prepare(config: TrainConfig, console: Console) -> _Run:
     store = open_store(config.store)
     ckpt = choose_checkpoint(store, config)
     task = get_task(store.meta.task)
+    if config.distance not in DENSE_DISTANCES:
+        raise ConfigError(f"distance {config.distance} works on causal-LM stores only; use ce or mse", [])
     metric = ckpt.metric if ckpt is not None else task.default_metric
     if metric not in task.metrics:
         raise StoreContentError(f"the store's task metric {metric!r} is not one of {', '.join(task.metrics)}; "
@@ -251,6 +253,10 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     console = console or Console()
     output_dir(config.out, create=False)  # a file in the way fails here, before the store is read
     torch.set_num_threads(config.threads or default_threads())  # before _prepare: the ONNX teacher takes it too
+    from students.lm import is_lm_store, train_lm  # causal-LM stores: sparse top-k targets (issue 12)
+
+    if is_lm_store(config.store):
+        return train_lm(config, console)
     run = _prepare(config, console)
     loss_cfg, student, name = config.loss, run.student, run.ckpt.name if run.ckpt else None
     steps_per_epoch = len(run.train_batches)

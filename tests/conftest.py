@@ -299,3 +299,62 @@ def assert_one_line_error(code: int, line: str, *needles: str) -> None:
     assert line.startswith("error: "), line
     for n in needles:
         assert n in line, line
+
+
+# ---------------------------------------------------------------------------- causal LM (issue 12)
+#: Vocabulary of the tiny causal-LM tokenizer: specials, then WORDS (whitespace word-level).
+LM_SPECIALS = ["<pad>", "<unk>", "</s>"]
+
+
+def make_lm_tokenizer(folder: Path):
+    """A fast word-level tokenizer over WORDS with an EOS token (</s>), saved to ``folder``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate([*LM_SPECIALS, *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    tok.save_pretrained(folder)
+    return tok
+
+
+def make_lm_teacher(folder: Path, seed: int, layers: int = 2, vocab_size: int | None = None) -> Path:
+    """A tiny random LlamaForCausalLM checkpoint (fast word-level tokenizer) in ``folder``;
+    ``vocab_size`` larger than the tokenizer's makes a padded vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    n = len(LM_SPECIALS) + len(WORDS)
+    cfg = LlamaConfig(vocab_size=vocab_size or n, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                      pad_token_id=0, eos_token_id=2, bos_token_id=None, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # spread the random head so the next-token distributions are far from uniform
+        model.lm_head.weight.mul_(20.0)
+    model.save_pretrained(folder)
+    make_lm_tokenizer(folder)
+    return folder
+
+
+def write_lm_splits(folder: Path, sizes: dict[str, int], seed: int = 0) -> Path:
+    """CSV files <split>.csv with one column ``text`` of vocabulary words (2-24 words each)."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (split, n) in enumerate(sizes.items()):
+        with open(folder / f"{split}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["text"])
+            w.writeheader()
+            w.writerows({"text": r["text"]} for r in make_texts(n, seed + k))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory) -> Path:
+    """A training output folder with two tiny causal-LM checkpoints."""
+    run = tmp_path_factory.mktemp("lm-run")
+    make_lm_teacher(run / "checkpoint-1", seed=1)
+    make_lm_teacher(run / "checkpoint-2", seed=2)
+    return run

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from logitstore.store import pad_batch, padded, ragged
+from logitstore.padding import pad_batch, padded
+from logitstore.store import ragged
 
 
 def test_padded_rows_in_the_order_asked_with_fill_and_mask():

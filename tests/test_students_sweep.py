@@ -248,7 +248,7 @@ def test_report_writes_plots_and_markdown(tmp_path, capsys):
     ("tau = [1, 2]\n", "unknown parameter 'tau'"),
     ("alpha = []\n", "alpha has no values (empty grid)"),
     ("alpha = [0.5, 2]\n", "alpha values must be numbers in [0, 1]. Got 2.0 instead"),
-    ("distance = ['ce', 'kl']\n", "distance values must be one of ce, mse. Got 'kl' instead"),
+    ("distance = ['ce', 'kl']\n", "distance values must be one of ce, mse, fkl, rkl, gjsd, tvd. Got 'kl' instead"),
     ("temperature = ['hot']\n", "temperature values must be finite numbers > 0. Got 'hot' instead"),
     ("alpha = [0.5\n", "cannot parse sweep space file"),
 ])

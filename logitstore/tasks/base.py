@@ -68,11 +68,23 @@ class Task(ABC):
     #: example_id, with the axis their first dimension follows ("rows", "tokens", or None
     #: when it is checked through other arrays); what `logitstore verify` expects.
     extra_split_arrays: ClassVar[dict[str, str | None]] = {}
+    #: The lowest store format version that holds this task's layout (a store says at least this).
+    format_version: ClassVar[int] = 1
+    #: Keyword arguments of the model's forward in the exported graph (causal LM: use_cache=False).
+    forward_kwargs: ClassVar[dict[str, Any]] = {}
+    #: The CheckpointMeta ``encoding`` when the task fixes it (causal LM: "topk-q8"); None: --dtype.
+    encoding: ClassVar[str | None] = None
+    #: Names of the exported graph's outputs (what ``graph_outputs`` returns, in order).
+    output_names: ClassVar[tuple[str, ...]] = ("logits",)
 
     @property
     def fingerprint_tag(self) -> str:
         """Appended to the ONNX export cache key: exports of one checkpoint for two tasks differ."""
         return f"|{self.name}"
+
+    #: Whether every split of a checkpoint is scored at build time (``split_scores``); the
+    #: causal LM scores only validation (its exact next-token loss is kept for that split).
+    scores_every_split: ClassVar[bool] = True
 
     @property
     def default_metric(self) -> str:
@@ -123,6 +135,53 @@ class Task(ABC):
     def model_logits(self, output: Any) -> "torch.Tensor":
         """The tensor the store keeps from a model's output: ``logits``, (B, C) or (B, T, C)."""
         return output.logits
+
+    def graph_outputs(self, output: Any, feed: dict[str, "torch.Tensor"]) -> tuple["torch.Tensor", ...]:
+        """The exported graph's outputs (``output_names``) from the model's output and its
+        inputs; default ``(model_logits(output),)``. A task may reduce inside the graph here
+        (causal LM: top-k, log-sum-exp), so the full tensor never leaves ONNX Runtime."""
+        return (self.model_logits(output),)
+
+    def graph_axes(self) -> dict[str, dict[int, str]]:
+        """Dynamic axes of each graph output."""
+        return {"logits": {0: "batch", 1: "sequence"} if self.per_token else {0: "batch"}}
+
+    def parity(self, got: list[np.ndarray], ref: list[np.ndarray]) -> float:
+        """Largest |ONNX - PyTorch| between the graph outputs ``got`` and ``ref`` (one batch).
+
+        Positions where both give the same NaN/inf count as equal (a broken checkpoint is
+        the inference step's error to report, not the exporter's); NaN on one side is inf."""
+        err = 0.0
+        for g, r in zip(got, ref):
+            same_nonfinite = ~np.isfinite(g) & ~np.isfinite(r) & ((g == r) | (np.isnan(g) & np.isnan(r)))
+            diff = np.where(same_nonfinite, 0.0, np.abs(g - r))  # NaN where only one side is NaN
+            err = max(err, float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0)))
+        return err
+
+    def for_store(self, meta: Any) -> "Task":
+        """This task with the settings of the store ``meta`` (a StoreMeta) that shape its
+        graph and entries (causal LM: top-k, temperatures); stateless tasks return self."""
+        return self
+
+    def store_fields(self, cfg: Any, model_cfg: Any, tokenizer: Any) -> dict[str, Any]:
+        """Extra StoreMeta fields a new store of this task records (from the BuildConfig,
+        the first teacher's config or None, and the tokenizer); raises DataError for
+        settings that cannot work (causal LM: --top-k above the vocabulary)."""
+        return {}
+
+    def fill_split(self, store: Any, ckpt: str, data: "SplitData", session: Any, cfg: Any) -> bool:
+        """Write a checkpoint's entry for one split when the task has its own entry layout
+        (returns True); False lets the build write the dense ``logits`` array."""
+        return False
+
+    def checkpoint_scores(self, store: Any, ckpt: str, split: "SplitData") -> dict[str, float]:
+        """The validation loss and metrics of a checkpoint from what the store holds."""
+        return self.scores(store.read_logits(ckpt, split.name), split, list(store.meta.label_names))
+
+    def entry_arrays(self, store_meta: Any, split: str, tokens: int) -> dict[str, tuple[tuple[int, ...], str]] | None:
+        """The arrays (shape, dtype) of a complete entry of ``split`` when the task has its own
+        entry layout (what `logitstore verify` checks), or None for the dense ``logits``."""
+        return None
 
     def teacher_problem(self, num_labels: int, label_names: list[str], store_labels: list[str]) -> str | None:
         """Why a teacher with these outputs cannot fill a store with ``store_labels``, or None.

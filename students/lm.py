@@ -1,0 +1,272 @@
+"""Causal-LM students (issue 12): distil a smaller causal LM from a store's sparse top-k targets.
+
+    open store -> teacher checkpoint (ths/tll/name) -> packed rows -> student logits (B, T, V)
+    -> the tokens that have a next token -> sparse KD loss (students/sparse_loss.py) -> step
+
+The student is the teacher's architecture (``AutoModelForCausalLM``) with fewer layers,
+skip-layer initialised (students/model.py), or ``--init``. Targets per token come from the
+store (cached) or from the teacher run on the batch (``--online onnx|pytorch``); online
+targets go through the store's own encoding (top-k, quantised log-probabilities), so a
+cached and an online run with the same seed train the same student.
+
+Both loss terms are means over the batch's tokens that have a next token (labels != -100);
+the gold term is the next-token cross-entropy. ``--distance ce`` means forward KL.
+Evaluation (validation, then test): next-token ``accuracy`` (the checkpoint metric),
+``perplexity`` = exp(mean CE), ``top1_agreement`` with the teacher's top-1 id and ``kl``,
+KL(teacher || student) with the tail as one bucket at tau = 1 (renormalised over the kept
+ids when the store has no lse at 1), on every labelled token of the split.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from logitstore.store import LogitStore, SplitData, open_store
+from logitstore.tasks import IGNORE, get_task
+from logitstore.tasks.causal_lm import CausalLM
+from logitstore.topk import decode_topk, encode_topk
+from students.config import TrainConfig, output_dir
+from students.data import Batch, SplitBatches
+from students.errors import ConfigError, StoreContentError
+from students.model import build_student
+from students.sparse_loss import SparseLossConfig, SparseTargets, sparse_distance, sparse_kd_loss
+
+
+def is_lm_store(path: str) -> bool:
+    """Whether the store at ``path`` holds a causal-LM top-k layout (trained here)."""
+    return isinstance(get_task(open_store(path).meta.task), CausalLM)
+
+
+def loss_config(config: TrainConfig, store: LogitStore) -> tuple[SparseLossConfig, int | None]:
+    """The sparse loss of the run and the store's lse column at tau_t (None when not stored);
+    refuses in one line a tau_t whose log-sum-exp the loss needs and the store lacks."""
+    kd = config.loss
+    try:
+        cfg = SparseLossConfig(distance="fkl" if kd.distance == "ce" else kd.distance, tail=config.tail,
+                               alpha=kd.alpha, tau_t=kd.tau_t, tau_s=kd.tau_s, beta=config.beta)
+    except ValueError as exc:
+        raise ConfigError(f"invalid KD loss settings: {exc}", [str(exc)]) from exc
+    temps = [float(t) for t in store.meta.temperatures or []]
+    column = temps.index(kd.tau_t) if kd.tau_t in temps else None
+    if cfg.needs_lse and cfg.alpha > 0 and column is None:
+        raise StoreContentError(
+            f"teacher temperature {kd.tau_t:g} has no stored log-sum-exp in store {store.path} (stored: "
+            f"{', '.join(f'{t:g}' for t in temps)}), so the tail mass is unknown there; pick one of those, rebuild "
+            f"the store with --temperatures including {kd.tau_t:g}, or use --tail renormalize")
+    return cfg, column
+
+
+def _positions(split: SplitData, batch: Batch) -> tuple[torch.Tensor, np.ndarray]:
+    """(B, T) bool mask of the tokens with a next token, and their flat token numbers in the
+    split (row-major order, the order ``z[mask]`` takes)."""
+    mask = batch.labels != IGNORE  # (B, T)
+    b, t = np.nonzero(mask.cpu().numpy())
+    return mask, split.offsets[batch.rows.numpy()[b]] + t
+
+
+class Targets:
+    """Sparse teacher targets of the selected tokens: from the store (``cached``), or from
+    the teacher run on the batch and encoded as the store encodes (``online``)."""
+
+    def __init__(self, store: LogitStore, ckpt: str, split: SplitData, column: int | None,
+                 online: str | None = None) -> None:
+        self.task = get_task(store.meta.task).for_store(store.meta)
+        self.meta, self.column, self.online = store.meta, column, online
+        self.topk = None if online else self.task.read_topk(store, ckpt, split.name)
+        if online == "onnx":
+            from logitstore.runtime import make_session
+
+            self.session = make_session(store.checkpoint(ckpt).onnx_path, "cpu", threads=torch.get_num_threads(),
+                                        spinning=False).session
+        elif online == "pytorch":
+            from transformers import AutoModelForCausalLM
+
+            self.model = AutoModelForCausalLM.from_pretrained(store.checkpoint(ckpt).source_path,
+                                                              attn_implementation="eager", dtype=torch.float32).eval()
+
+    def _run(self, batch: Batch) -> list[np.ndarray]:
+        feed = {"input_ids": batch.input_ids.cpu(), "attention_mask": batch.attention_mask.cpu()}
+        if self.online == "onnx":
+            return self.session.run(list(self.task.output_names), {k: v.numpy() for k, v in feed.items()})
+        with torch.no_grad():
+            out = self.model(**feed, use_cache=False)
+            return [t.numpy() for t in self.task.graph_outputs(out, feed)]
+
+    def get(self, batch: Batch, mask: torch.Tensor, flat: np.ndarray,
+            columns: tuple[int | None, ...] | None = None) -> list[SparseTargets]:
+        """Targets of the tokens ``mask`` selects (their flat numbers ``flat``), one per lse
+        column in ``columns`` (default: the loss's)."""
+        if self.topk is not None:
+            ids, rel, lse = self.topk.ids[flat], self.topk.rel[flat], self.topk.lse[flat]
+        else:
+            values, top_ids, lse_abs, _ = self._run(batch)
+            m = mask.cpu().numpy()
+            enc = encode_topk(values[m], top_ids[m], lse_abs[m], self.task.temperatures, self.task.step,
+                              self.task.vocab_size)
+            dec = decode_topk(enc.ids, enc.logp, enc.lse, self.task.step)
+            ids, rel, lse = dec.ids, dec.rel, dec.lse
+        dev = mask.device
+        ids_t, rel_t = torch.from_numpy(ids).to(dev), torch.from_numpy(rel).to(dev)
+        return [SparseTargets(ids_t, rel_t, None if c is None else torch.from_numpy(lse[:, c].copy()).to(dev))
+                for c in (columns or (self.column,))]
+
+
+@torch.no_grad()
+def evaluate_lm(student: torch.nn.Module, batches: SplitBatches, targets: Targets | None,
+                cfg: SparseLossConfig, device: torch.device) -> Any:
+    """EvalResult (students.train) of the student on one split: next-token accuracy,
+    perplexity, top-1 agreement and KL to the teacher, and the mean KD distance."""
+    from students.train import EvalResult
+
+    was = student.training
+    student.eval()
+    temps = [float(t) for t in batches.store.meta.temperatures or []]
+    kl_cfg = SparseLossConfig(tail="bucket" if 1.0 in temps else "renormalize")
+    kl_col = temps.index(1.0) if 1.0 in temps else None
+    sums = {"ce": 0.0, "hit": 0.0, "agree": 0.0, "kl": 0.0, "kd": 0.0}
+    n = 0
+    for batch in batches.epoch(0):
+        batch = batch.to(device)
+        mask, flat = _positions(batches.split, batch)
+        z = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[mask].float()  # (N, V)
+        y = batch.labels[mask]  # (N,)
+        sums["ce"] += float(torch.nn.functional.cross_entropy(z, y, reduction="sum"))
+        sums["hit"] += float((z.argmax(-1) == y).sum())
+        if targets is not None:
+            tg, kl_tg = targets.get(batch, mask, flat, (targets.column, kl_col))
+            top1 = tg.ids.gather(-1, tg.rel.argmax(-1, keepdim=True))[:, 0]  # (N,) lowest id among ties
+            sums["agree"] += float((z.argmax(-1) == top1).sum())
+            sums["kl"] += float(sparse_distance(z, kl_tg, kl_cfg)) * len(y)
+            sums["kd"] += float(sparse_distance(z, tg, cfg)) * len(y)
+        n += len(y)
+    student.train(was)
+    ce = sums["ce"] / max(n, 1)
+    scores = {"accuracy": sums["hit"] / max(n, 1), "perplexity": math.exp(min(ce, 50.0))}
+    if targets is not None:
+        scores |= {"top1_agreement": sums["agree"] / max(n, 1), "kl": sums["kl"] / max(n, 1)}
+    return EvalResult(batches.split.name, n, scores, ce, sums["kd"] / max(n, 1) if targets is not None else None)
+
+
+@dataclass
+class _LMRun:
+    """Everything a causal-LM run needs, resolved before the first step."""
+
+    store: LogitStore
+    name: str | None
+    cfg: SparseLossConfig
+    column: int | None
+    device: torch.device
+    student: torch.nn.Module
+    init: Any
+    train_split: SplitData
+    train_targets: Targets | None
+    train_batches: SplitBatches
+    evals: list[tuple[SplitBatches, Targets | None]]  # validation, then test if present
+
+
+def _prepare_lm(config: TrainConfig, console: Console) -> _LMRun:
+    from students.train import _read_split, choose_checkpoint, resolve_device
+
+    device = resolve_device(config.device)
+    store = open_store(config.store)
+    ckpt = choose_checkpoint(store, config)
+    cfg, column = loss_config(config, store)
+    name = ckpt.name if ckpt is not None else None
+    if ckpt is not None:
+        console.print(f"teacher checkpoint: {ckpt.name} (--teacher {config.teacher}; val_loss={ckpt.val_loss:.4f})")
+    train_split = _read_split(store, "train")
+    evals = [_read_split(store, store.meta.validation_split)]
+    evals += [_read_split(store, "test")] if "test" in store.split_names() else []
+    # The online teacher is loaded before torch is seeded, so it cannot shift the student's RNG.
+    train_targets = Targets(store, name, train_split, column, config.online) if config.alpha > 0 and name else None
+    eval_targets = [Targets(store, name, s, column, config.online) if name else None for s in evals]
+    torch.manual_seed(config.seed)
+    student, init = build_student(config.init or ckpt.source_path, config.layers, [], int(store.meta.vocab_size),
+                                  get_task(store.meta.task))
+    student.to(device).train()
+    loader = config.loader_config(store.meta.pad_token_id)
+    train_batches = SplitBatches(store, train_split, name, loader, shuffle=True, read_logits=False)
+    eval_loader = replace(loader, batch_size=config.eval_batch_size)
+    evals_b = [(SplitBatches(store, s, name, eval_loader, shuffle=False, read_logits=False), t)
+               for s, t in zip(evals, eval_targets)]
+    return _LMRun(store, name, cfg, column, device, student, init, train_split, train_targets, train_batches, evals_b)
+
+
+def train_lm(config: TrainConfig, console: Console) -> Any:
+    """`students train` on a causal-LM store (see the module docstring); returns a
+    students.train.TrainResult and writes OUT like the other tasks."""
+    from students.train import TrainResult, _optimizer, _write_summary
+
+    run = _prepare_lm(config, console)
+    steps_per_epoch = len(run.train_batches)
+    total = config.optim.total_steps(steps_per_epoch)
+    opt, sched = _optimizer(run.student, config.optim, total)
+    out = output_dir(config.out)
+    (out / "run_config.json").write_text(json.dumps(
+        {**config.to_dict(), "checkpoint": run.name, "loss": asdict(run.cfg), "lse_column": run.column,
+         "student_init": asdict(run.init), "store_meta": run.store.meta.to_dict()}, indent=2) + "\n")
+    best, losses, tokens, seconds = _loop(run, config, opt, sched, total, steps_per_epoch, out)
+    _, best_step, best_res, state = best
+    run.student.load_state_dict(state)
+    test = evaluate_lm(run.student, *run.evals[1], run.cfg, run.device) if len(run.evals) > 1 else None
+    run.student.save_pretrained(out)
+    run.store.save_tokenizer(out)
+    result = TrainResult(out, run.name, "accuracy", len(losses), best_step, best_res, test, losses, seconds,
+                         tokens / seconds)
+    _write_summary(result, console)
+    return result
+
+
+def _loop(run: _LMRun, config: TrainConfig, opt: Any, sched: Any, total: int, steps_per_epoch: int,
+          out: Path) -> tuple[Any, list[float], int, float]:
+    """The training steps with their evaluations; returns (best, losses, tokens, seconds of
+    training without evaluation). ``best`` = (score, step, EvalResult, weights)."""
+    from students.train import _eval_due
+
+    losses: list[float] = []
+    best = None
+    step, epoch, tokens, started, eval_s = 0, 0, 0, time.perf_counter(), 0.0
+    with open(out / "metrics.jsonl", "w") as log:
+        while step < total:
+            for batch in run.train_batches.epoch(epoch):
+                losses.append(_step(run, batch.to(run.device), config, opt, sched))
+                step += 1
+                tokens += int((batch.labels != IGNORE).sum())
+                if _eval_due(step, total, steps_per_epoch, config.eval_every):
+                    tick = time.perf_counter()
+                    res = evaluate_lm(run.student, *run.evals[0], run.cfg, run.device)
+                    log.write(json.dumps({"step": step, "epoch": epoch + 1, **res.to_dict(),
+                                          "train_loss": losses[-1]}) + "\n")
+                    log.flush()
+                    if best is None or res.score("accuracy") > best[0]:
+                        weights = {k: v.detach().clone() for k, v in run.student.state_dict().items()}
+                        best = (res.score("accuracy"), step, res, weights)
+                    eval_s += time.perf_counter() - tick
+                if step == total:
+                    break
+            epoch += 1
+    return best, losses, tokens, time.perf_counter() - started - eval_s
+
+
+def _step(run: _LMRun, batch: Batch, config: TrainConfig, opt: Any, sched: Any) -> float:
+    """One optimizer step; returns the loss."""
+    mask, flat = _positions(run.train_split, batch)
+    z = run.student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[mask]  # (N, V)
+    tg = run.train_targets.get(batch, mask, flat)[0] if run.train_targets is not None else None
+    loss, _, _ = sparse_kd_loss(z, batch.labels[mask] if config.alpha < 1 else None, tg, run.cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.student.parameters(), config.max_grad_norm)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+

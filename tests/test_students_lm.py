@@ -1,0 +1,93 @@
+"""Causal-LM students (issue 12): `students train` on a top-k store, cached == online, the
+temperature refusal, metrics and the saved student."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_lm_splits
+from students.cli import main as students_main
+from students.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("_one_thread")
+
+
+@pytest.fixture(scope="module")
+def lm_store(lm_run, tmp_path_factory, _env) -> Path:
+    from logitstore.cli import main
+
+    root = tmp_path_factory.mktemp("lm-students")
+    data = write_lm_splits(root / "data", {"train": 40, "validation": 12, "test": 12})
+    out = root / "s.zarr"
+    assert main(["build", "--task", "causal-lm", "--teacher", str(lm_run), "--data", str(data), "--out", str(out),
+                 "--top-k", "6", "--temperatures", "1,2", "--max-length", "24", "--threads", "1"]) == 0
+    return out
+
+
+def _cfg(store: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(store=str(store), out=str(out), alpha=0.5, temperature=2.0, layers=1, epochs=1, batch_size=4,
+                eval_batch_size=8, progress=False, device="cpu", seed=3)
+    return TrainConfig(**(base | kw))
+
+
+@pytest.mark.parametrize("online", ["onnx", "pytorch"])
+def test_cached_equals_online(lm_store, tmp_path, online):
+    cached = train(_cfg(lm_store, tmp_path / "cached"))
+    other = train(_cfg(lm_store, tmp_path / online, online=online))
+    assert cached.losses == pytest.approx(other.losses, rel=1e-5, abs=1e-6)
+    a, b = cached.best.to_dict(), other.best.to_dict()
+    assert a.pop("split") == b.pop("split")
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("distance", ["ce", "rkl", "gjsd", "tvd", "mse"])
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+def test_every_distance_trains_and_reports_lm_metrics(lm_store, tmp_path, distance, tail):
+    r = train(_cfg(lm_store, tmp_path / "s", distance=distance, tail=tail, max_steps=3,
+                   student_temperature="1"))
+    assert len(r.losses) == 3 and all(x == x for x in r.losses)
+    for key in ("accuracy", "perplexity", "top1_agreement", "kl", "ce", "kd"):
+        assert key in r.best.to_dict()
+    assert r.best.to_dict()["perplexity"] > 1 and r.test is not None
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["metric"] == "accuracy"
+
+
+def test_saved_student_is_a_causal_lm_with_fewer_layers(lm_store, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    train(_cfg(lm_store, tmp_path / "s", max_steps=2))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "s")
+    assert model.config.num_hidden_layers == 1
+    assert (tmp_path / "s" / "tokenizer.json").exists()
+
+
+def test_a_temperature_without_stored_lse_is_refused_in_one_line(lm_store, tmp_path, capsys):
+    code = students_main(["train", "--store", str(lm_store), "--out", str(tmp_path / "s"), "--temperature", "4",
+                          "--layers", "1", "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and "no stored log-sum-exp" in err[-1], err
+    r = train(_cfg(lm_store, tmp_path / "r", temperature=4.0, tail="renormalize", max_steps=2))  # needs no lse
+    assert len(r.losses) == 2
+
+
+def test_sparse_distances_are_refused_on_dense_stores(tiny_teachers, tiny_data, tmp_path, _env):
+    from logitstore.build import BuildConfig, build_store
+    from students.errors import ConfigError
+
+    out = tmp_path / "dense.zarr"
+    build_store(BuildConfig(teachers=(tiny_teachers / "checkpoint-10",), data=str(tiny_data), out=out, threads=1))
+    with pytest.raises(ConfigError, match="causal-LM stores only"):
+        train(_cfg(out, tmp_path / "s", distance="rkl", max_steps=1))
+
+
+def test_a_grid_sweep_runs_on_a_causal_lm_store(lm_store, tmp_path):
+    from students.sweep import SweepConfig, SweepSpace, run_sweep
+
+    space = SweepSpace(distance=("ce", "tvd"), temperature=(2.0,), student_temperature=("teacher",), alpha=(0.5,),
+                       teacher=("tll",), layers=(1,), seeds=(0,))
+    template = _cfg(lm_store, tmp_path / "unused", max_steps=2)
+    result = run_sweep(SweepConfig(str(lm_store), str(tmp_path / "sweep"), "grid", space, 1, template))
+    assert result.ran >= 2
+    assert all(r["val_eval"]["perplexity"] > 1 for r in result.records.values())
