@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 
 from logitstore.errors import LogitStoreError, run_cli
+from logitstore.storage import location
 from logitstore.tasks import ALIASES, TASKS
 
-EPILOG = "Set LOGITSTORE_CACHE to move the ONNX export cache (default ~/.cache/logitstore)."
+EPILOG = ("Set LOGITSTORE_CACHE to move the ONNX export cache (default ~/.cache/logitstore). A store may be a URL "
+          "(s3://...: pip install 'logitstore[s3]'); credentials come from the backend's environment (AWS_*), "
+          "other fsspec storage options from LOGITSTORE_STORAGE_OPTIONS (JSON).")
 
 
 def _add_build(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +44,8 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--stride", type=int, default=32,
                    help="QA: tokens shared by consecutive windows of a context longer than --max-length "
                         "(default: 32)")
-    b.add_argument("--out", required=True, type=Path, metavar="STORE", help="the store folder (created or resumed)")
+    b.add_argument("--out", required=True, type=location, metavar="STORE",
+                   help="the store folder or URL (s3://bucket/key.zarr; created or resumed)")
     b.add_argument("--text-column", action="append", metavar="NAME",
                    help="text column; give it twice for text pairs (default: text; ner: tokens; "
                         "qa: question, context)")
@@ -83,14 +87,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, default=None, help="also copy model.onnx to this path")
 
     i = sub.add_parser("info", help="show a store's splits, checkpoints, sizes and the ths/tll picks")
-    i.add_argument("store", type=Path)
+    i.add_argument("store", type=location, help="a store folder or URL (s3://bucket/key.zarr)")
 
     # Faults (issue 10): read every chunk and say what is damaged (logitstore/verify.py).
     v = sub.add_parser("verify", help="read every chunk of a store and report damaged entries (exit 1 if any)",
                        description="Read and checksum every chunk of every array, check shapes against the "
                                    "metadata and look for lost chunks. Exit 0 when clean, 1 when damaged; a rerun "
                                    "of the same `logitstore build` command rewrites exactly the damaged parts.")
-    v.add_argument("store", type=Path)
+    v.add_argument("store", type=location, help="a store folder or URL (s3://bucket/key.zarr)")
     return p
 
 

@@ -17,7 +17,7 @@ def _status(e: Entry) -> str:
     return "complete" if e.status == "complete" else "[red]incomplete[/]"
 
 
-def print_info(path: Path, console: Console | None = None) -> LogitStore:
+def print_info(path: Path | str, console: Console | None = None) -> LogitStore:
     """Print the tables for the store at ``path`` (to stdout) and return the open store."""
     console = console or Console(width=None if sys.stdout.isatty() else 150)
     store = open_store(path)
