@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from logitstore import __version__
+from logitstore import __version__, storage
 from logitstore.checkpoints import Checkpoint, discover, read_config, weights_sha256
 from logitstore.data import (DataConfig, dataset_fingerprint, load_splits, source_file, tokenize_split,
                              tokenizer_fingerprint, truncation_warning)
@@ -45,7 +45,7 @@ class BuildConfig:
 
     teachers: tuple[Path, ...]
     data: str
-    out: Path
+    out: Path | str  # a folder, or a store URL (issue 13: logitstore/storage.py)
     tokenizer: Path | None = None
     labels: tuple[str, ...] | None = None
     text_columns: tuple[str, ...] | None = None
@@ -70,7 +70,7 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "teachers", tuple(Path(t) for t in self.teachers))
-        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "out", storage.location(self.out))
         if self.tokenizer is not None:
             object.__setattr__(self, "tokenizer", Path(self.tokenizer))
         try:
@@ -111,7 +111,7 @@ class BuildConfig:
 
 @dataclass(frozen=True)
 class BuildResult:
-    store: Path
+    store: Path | str
     built: list[str]
     skipped: list[str]
     seconds: float
@@ -194,14 +194,14 @@ def _build_store(cfg: BuildConfig) -> BuildResult:
     return BuildResult(cfg.out, built, skipped, time.perf_counter() - t0)
 
 
-def _check_tasks(ckpts: list[Checkpoint], task: Task, out: Path) -> None:
+def _check_tasks(ckpts: list[Checkpoint], task: Task, out: Path | str) -> None:
     """Refuse, before any data is read, a teacher whose config.architectures name another
     task than the store at ``out`` holds (or, for a new store, than the build's task), and
     a --task other than the existing store's."""
     import json
 
     held = None
-    if (out / "zarr.json").is_file():
+    if storage.holds_store(out):
         try:
             held = get_task(LogitStore.open(out).meta.task)
         except (LogitStoreError, ValueError):
@@ -253,10 +253,10 @@ def _input_names(model_cfg: Any, tokenizer: Any) -> tuple[str, ...]:
     return ("input_ids", "attention_mask") + (("token_type_ids",) if types else ())
 
 
-def _open_or_create(path: Path, meta: StoreMeta, hashes: dict[str, str]) -> StoreWriter:
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+def _open_or_create(path: Path | str, meta: StoreMeta, hashes: dict[str, str]) -> StoreWriter:
+    if storage.is_empty(path):
         return StoreWriter.create(path, meta)
-    if not (path / "zarr.json").exists():
+    if not storage.holds_store(path):
         raise StoreCorruptError(f"{path} exists and is not a logit store; choose another --out or remove it")
     store = StoreWriter.open(path)
     old = store.meta

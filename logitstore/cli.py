@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 from logitstore.errors import DataError, LogitStoreError, run_cli
+from logitstore.storage import location
 from logitstore.tasks import ALIASES, TASKS
 
 EPILOG = ("The ONNX export cache is $LOGITSTORE_CACHE (default ~/.cache/logitstore); `logitstore cache` lists "
-          "and prunes it.")
+          "and prunes it. A store may be a URL (s3://...: pip install 'logitstore[s3]'); credentials come from the "
+          "backend's environment (AWS_*), other fsspec storage options from LOGITSTORE_STORAGE_OPTIONS (JSON).")
 
 
 def _add_build(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +45,8 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--stride", type=int, default=32,
                    help="QA: tokens shared by consecutive windows of a context longer than --max-length "
                         "(default: 32)")
-    b.add_argument("--out", required=True, type=Path, metavar="STORE", help="the store folder (created or resumed)")
+    b.add_argument("--out", required=True, type=location, metavar="STORE",
+                   help="the store folder or URL (s3://bucket/key.zarr; created or resumed)")
     b.add_argument("--text-column", action="append", metavar="NAME",
                    help="text column; give it twice for text pairs (default: text; ner: tokens; "
                         "qa: question, context)")
@@ -79,8 +82,6 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
 
 
 def _floats(text: str) -> tuple[float, ...]:
-    from logitstore.errors import DataError
-
     try:
         return tuple(float(x) for x in text.split(","))
     except ValueError:
@@ -102,14 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, default=None, help="also copy model.onnx to this path")
 
     i = sub.add_parser("info", help="show a store's splits, checkpoints, sizes and the ths/tll picks")
-    i.add_argument("store", type=Path)
+    i.add_argument("store", type=location, help="a store folder or URL (s3://bucket/key.zarr)")
 
     # Faults (issue 10): read every chunk and say what is damaged (logitstore/verify.py).
     v = sub.add_parser("verify", help="read every chunk of a store and report damaged entries (exit 1 if any)",
                        description="Read and checksum every chunk of every array, check shapes against the "
                                    "metadata and look for lost chunks. Exit 0 when clean, 1 when damaged; a rerun "
                                    "of the same `logitstore build` command rewrites exactly the damaged parts.")
-    v.add_argument("store", type=Path)
+    v.add_argument("store", type=location, help="a store folder or URL (s3://bucket/key.zarr)")
     _add_splits_and_cache(sub)
     return p
 
@@ -121,7 +122,7 @@ def _add_splits_and_cache(sub: argparse._SubParsersAction) -> None:
                                    "each split's rows back out, in the store's order, with the file's own columns: "
                                    "e.g. to fine-tune the teacher on exactly the train split. Reads the file again "
                                    "and refuses it when its sha256 differs from the one the store recorded.")
-    s.add_argument("store", type=Path)
+    s.add_argument("store", type=location, help="a store folder or URL (s3://bucket/key.zarr)")
     s.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for <split>.csv / <split>.jsonl")
     s.add_argument("--format", choices=["csv", "jsonl"], default=None,
                    help="file type (default: csv for a .csv source, else jsonl; columns of lists need jsonl)")

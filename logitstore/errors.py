@@ -59,6 +59,12 @@ class StoreWriteError(LogitStoreError, OSError):
     """Writing failed for a reason outside the program: disk full, no permission, read-only."""
 
 
+# Issue 13: stores on object storage (logitstore/storage.py).
+class StorageError(LogitStoreError, OSError):
+    """A store URL cannot be opened: its fsspec backend is not installed, or the storage
+    options (LOGITSTORE_STORAGE_OPTIONS) are malformed."""
+
+
 def run_cli(run: Callable[[Any], int], args: Any, errors: type[BaseException] | tuple[type[BaseException], ...],
             interrupted: str = "interrupted") -> int:
     """Run a command-line entry point: ``errors`` become one ``error: ...`` line and exit

@@ -27,7 +27,7 @@ def _by_step(e: Entry) -> tuple[bool, int, str]:
     return step is None, step or 0, e.name
 
 
-def print_info(path: Path, console: Console | None = None) -> LogitStore:
+def print_info(path: Path | str, console: Console | None = None) -> LogitStore:
     """Print the tables for the store at ``path`` (to stdout) and return the open store."""
     console = console or Console(width=None if sys.stdout.isatty() else 150)
     store = open_store(path)

@@ -109,13 +109,16 @@ def _same_data(old: StoreMeta, new: StoreMeta) -> bool:
     return all(getattr(old, k) == getattr(new, k) for k in keys)
 
 
-def drop_unreadable(path: Path, meta: StoreMeta, checkpoints: Iterable[str]) -> list[str]:
+def drop_unreadable(path: Path | str, meta: StoreMeta, checkpoints: Iterable[str]) -> list[str]:
     """Remove the entries of the store at ``path`` whose metadata is unreadable and that this
     build (data ``meta``, ``checkpoints``) writes again; returns what was removed. Raises
     StoreCorruptError naming an unreadable entry this build cannot write again."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    from logitstore.storage import holds_store
     from logitstore.store import open_store
 
-    if not (Path(path) / "zarr.json").is_file():
+    if not holds_store(path):
         return []
     try:
         old = open_store(path).meta
@@ -127,10 +130,8 @@ def drop_unreadable(path: Path, meta: StoreMeta, checkpoints: Iterable[str]) -> 
     dropped: list[str] = []
     for group in ("splits", "checkpoints"):
         if node_unreadable(raw, group) and same:  # no attributes of its own: write it again
-            tmp = Path(path) / group / f".zarr.json.{os.getpid()}.tmp"
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(_GROUP_JSON)
-            os.replace(tmp, Path(path) / group / "zarr.json")
+            # atomic: zarr's LocalStore writes a temporary file and renames it; an object PUT is whole
+            _sync(raw.set(f"{group}/zarr.json", default_buffer_prototype().buffer.from_bytes(_GROUP_JSON.encode())))
             dropped.append(f"{group} (group metadata rewritten)")
     entries = (("split", "splits", lambda n: same, SplitMeta.from_dict),
                ("checkpoint", "checkpoints", lambda n: n in names, CheckpointMeta.from_dict))

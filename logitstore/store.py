@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from logitstore import storage
 from logitstore.encode import decode
 from logitstore.errors import LogitStoreError, NoCheckpointError, StoreCorruptError
 from logitstore.format import CheckpointMeta, LogitsMeta, SplitMeta, StoreMeta
@@ -124,14 +125,12 @@ class LogitStore:
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "LogitStore":
         """Open an existing store; raises StoreCorruptError / FormatVersionError."""
-        path = str(path)
-        if "://" not in path and not Path(path).exists():
-            raise StoreCorruptError(f"no store at {path}; build one with `logitstore build --out {path}`")
-        if "://" not in path and not (Path(path) / "zarr.json").exists():  # faults (issue 10): not "corrupt"
-            raise StoreCorruptError(f"{path} is not a logit store (no zarr.json in it); pass the folder that "
-                                    "`logitstore build --out` wrote")
+        path = str(storage.location(path))  # a folder or a URL (issue 13: logitstore/storage.py)
+        missing = storage.not_a_store(path)  # faults (issue 10): "no store" / "not a store", not "corrupt"
+        if missing is not None:
+            raise missing
         with _reading(path, "the root metadata"):
-            root = zarr.open_group(path, mode=cls._MODE)
+            root = zarr.open_group(storage.zarr_store(path, writable=cls._MODE != "r"), mode=cls._MODE)
             data = root.attrs.get(ATTR)
         return cls(path, root, StoreMeta.from_dict(data))
 
@@ -353,11 +352,8 @@ class LogitStore:
 
     # ------------------------------------------------------------------ sizes
     def nbytes_on_disk(self, prefix: str = "") -> int:
-        """Bytes of the files under the store (local stores only; 0 elsewhere)."""
-        root = Path(self.path) / prefix
-        if not root.exists():
-            return 0
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        """Bytes stored under the store (or its node ``prefix``): files on disk, objects at a URL."""
+        return storage.nbytes(self.path, prefix)
 
 
 def _read_texts(g: Any, prefix: str) -> list[str]:

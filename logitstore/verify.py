@@ -85,14 +85,9 @@ class Report:
 def raw_store(path: str | os.PathLike[str], writable: bool = False) -> Any:
     """The zarr store under ``path`` (local folder or fsspec URL), without opening a group,
     so damaged metadata can be listed and reported."""
-    path = str(path)
-    if "://" in path:
-        from zarr.storage import FsspecStore
+    from logitstore.storage import zarr_store
 
-        return FsspecStore.from_url(path, read_only=not writable)
-    from zarr.storage import LocalStore
-
-    return LocalStore(path, read_only=not writable)
+    return zarr_store(path, writable)
 
 
 def _sync(coro: Any) -> Any:

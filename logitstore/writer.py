@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
+from logitstore import storage
 from logitstore.encode import Encoded, storage_dtype
 from logitstore.format import CheckpointMeta, LogitsMeta, SplitMeta, StoreMeta
 from logitstore.errors import StoreCorruptError
@@ -70,8 +71,8 @@ class StoreWriter(LogitStore):
     @classmethod
     def create(cls, path: str | os.PathLike[str], meta: StoreMeta) -> "StoreWriter":
         """Create a new empty store at ``path`` (which must not hold a store yet)."""
-        path = str(path)
-        root = zarr.open_group(path, mode="w-")
+        path = str(storage.location(path))  # a folder or a URL (issue 13)
+        root = zarr.open_group(storage.zarr_store(path, writable=True), mode="w-")
         root.attrs[ATTR] = meta.to_dict()
         root.require_group("splits")
         root.require_group("checkpoints")
@@ -100,7 +101,9 @@ class StoreWriter(LogitStore):
     def open(cls, path: str | os.PathLike[str]) -> "StoreWriter":
         """Open an existing store to resume or extend it; refuses a store holding links
         (a write through one could land outside the store)."""
-        refuse_links(Path(path))
+        where = storage.location(path)
+        if isinstance(where, Path):  # object storage (issue 13) has no links
+            refuse_links(where)
         return super().open(path)
 
     # ------------------------------------------------------------------ tokenizer

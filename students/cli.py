@@ -154,7 +154,8 @@ def _add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                                    "L = (1 - alpha) * CE(gold, student) + alpha * tau_s^2 * D(teacher / tau_t, "
                                    "student / tau_s). Writes the best student (by validation), its tokenizer, "
                                    "run_config.json, metrics.jsonl and summary.json to --out.")
-    t.add_argument("--store", required=True, metavar="STORE", help="a logit store written by `logitstore build`")
+    t.add_argument("--store", required=True, metavar="STORE",
+                   help="a logit store written by `logitstore build`: a folder or a URL (s3://bucket/key.zarr)")
     t.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced)")
     _add_options(t, "train")
 
@@ -168,7 +169,8 @@ def _add_sweep(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                                    "Hinton, recommended (tll, ce, tau_s=1) and no-KD baselines. Value lists are "
                                    "comma-separated; flags override --space FILE.toml. Each finished run is appended "
                                    "to OUT/results.jsonl; rerunning the same command resumes. See docs/sweeps.md.")
-    w.add_argument("--store", required=True, metavar="STORE", help="a logit store written by `logitstore build`")
+    w.add_argument("--store", required=True, metavar="STORE",
+                   help="a logit store written by `logitstore build`: a folder or a URL (s3://bucket/key.zarr)")
     w.add_argument("--out", default="runs/sweep", metavar="SWEEP_DIR",
                    help="sweep folder: results.jsonl, sweep.json, runs/<key>/ (default: runs/sweep)")
     w.add_argument("--strategy", default="greedy", choices=STRATEGIES,

@@ -7,7 +7,9 @@ computed before anything is read, so cached and online training see the same bat
   ``seed + epoch``;
 * streamed (they do not): the logits chunks in a random order, taken ``buffer_chunks``
   at a time; each buffer's rows are shuffled and read as whole chunks (random row access
-  straight from zarr is ~100x slower than whole chunks).
+  straight from zarr is ~100x slower than whole chunks). The next buffer is read in a
+  background thread while the current one trains, so a store on object storage (``s3://``)
+  costs no waiting (docs/benchmarks.md).
 
 With ``group_by_length`` (training only), each shuffled group is then cut into windows of
 4 batches, each window sorted by row length and cut into batches, and the full batches
@@ -40,6 +42,7 @@ from logitstore.tasks import IGNORE, get_task
 from students.config import LoaderConfig
 
 LENGTH_WINDOW_BATCHES = 4  # group_by_length sorts windows of this many batches
+LogitsOf = np.ndarray | list[np.ndarray]  # (n, C) teacher logits of n rows; token layout: n arrays (L_i, C)
 
 
 @dataclass(frozen=True)
@@ -195,15 +198,34 @@ class SplitBatches:
             return [self._logits[off[r]:off[r + 1]] for r in rows]
         return self._logits[rows]
 
+    def _with_logits(self, groups: list[np.ndarray]) -> Iterator[tuple[np.ndarray, LogitsOf | None]]:
+        """Each group's rows with their logits ((n, C), or a list of n (L_i, C) for the token
+        layout; None without). Streamed, the next group's chunks are read in a background
+        thread while the current group's batches train (issue 13: a store on object storage
+        answers each read after a network round trip), so at most two groups' logits are in
+        memory; a read error is raised here, in the training thread."""
+        if not self.read_logits or self._logits is not None:
+            yield from ((rows, self._ram_logits(rows) if self.read_logits else None) for rows in groups)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logits-prefetch")
+        try:
+            ahead = pool.submit(self._buffer_logits, groups[0]) if groups else None
+            for i, rows in enumerate(groups):
+                assert ahead is not None
+                logits = ahead.result()
+                ahead = pool.submit(self._buffer_logits, groups[i + 1]) if i + 1 < len(groups) else None
+                yield rows, logits
+        finally:  # a run that stops mid-epoch does not wait for a read it will not use
+            pool.shutdown(wait=False, cancel_futures=True)
+
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """Yield the batches of ``epoch`` (the last one may be smaller)."""
         bs = self.cfg.batch_size
         pending_rows = np.empty(0, dtype=np.int64)
         pending_logits: np.ndarray | list[np.ndarray] | None = None
-        for rows in self._chunk_groups(epoch):
-            logits = None
-            if self.read_logits:  # (n, C), or a list of n (L_i, C) for the token layout
-                logits = self._ram_logits(rows) if self._logits is not None else self._buffer_logits(rows)
+        for rows, logits in self._with_logits(self._chunk_groups(epoch)):
             pending_rows = np.concatenate([pending_rows, rows])
             if logits is not None:
                 pending_logits = logits if pending_logits is None else (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -294,6 +295,23 @@ def run_cli(capsys, *args: str) -> tuple[int, str]:
     return code, err[-1] if err else ""
 
 
+def kill9_when(cmd: list[str], env: dict[str, str], rows_done: Callable[[], int], at_least: int) -> int:
+    """Start the build ``cmd`` and ``kill -9`` it once ``rows_done()`` reaches ``at_least``
+    (within 120 s); returns ``rows_done()`` after the kill."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while rows_done() < at_least and time.monotonic() < deadline:
+        assert proc.poll() is None, "the build finished before it could be killed; make the data larger"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return rows_done()
+
+
 def assert_one_line_error(code: int, line: str, *needles: str) -> None:
     assert code == 2
     assert line.startswith("error: "), line
@@ -358,3 +376,34 @@ def lm_run(tmp_path_factory) -> Path:
     make_lm_teacher(run / "checkpoint-1", seed=1)
     make_lm_teacher(run / "checkpoint-2", seed=2)
     return run
+# ---------------------------------------------------------------------------- object storage (issue 13)
+S3_BUCKET = "logitstore-test"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A real S3 endpoint on 127.0.0.1 (moto's standalone server, `moto[server]`) with one
+    bucket, for the whole session. The code under test finds it the standard way: dummy
+    AWS_* credentials and AWS_ENDPOINT_URL in the environment (subprocesses inherit them).
+    Yields ``s3://BUCKET``."""
+    import logging
+
+    import moto.server as server_mod  # the test extra installs moto[server] and s3fs: never skip silently
+    import s3fs  # noqa: F401
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    no_file = str(tmp_path_factory.mktemp("aws") / "none")  # no user AWS config or credentials file
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+                           "AWS_CONFIG_FILE": no_file, "AWS_SHARED_CREDENTIALS_FILE": no_file}.items():
+            mp.setenv(key, value)
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "LOGITSTORE_STORAGE_OPTIONS"):
+            mp.delenv(key, raising=False)
+        import fsspec
+
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(S3_BUCKET)
+        yield f"s3://{S3_BUCKET}"
+    server.stop()

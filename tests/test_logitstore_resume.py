@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from conftest import write_csv_splits
+from conftest import kill9_when, write_csv_splits
 from logitstore import open_store
 
 
@@ -39,15 +37,7 @@ def test_kill9_mid_build_then_resume_equals_uninterrupted(tiny_teachers, tmp_pat
     subprocess.run(_cmd(tiny_teachers, data, ref), check=True, env=env, capture_output=True)
 
     out = tmp_path / "killed.zarr"
-    proc = subprocess.Popen(_cmd(tiny_teachers, data, out), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while _rows_done(out, "checkpoint-10", "train") < 64 * 3 and time.monotonic() < deadline:
-        assert proc.poll() is None, "the build finished before it could be killed; make the data larger"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = _rows_done(out, "checkpoint-10", "train")
+    done = kill9_when(_cmd(tiny_teachers, data, out), env, lambda: _rows_done(out, "checkpoint-10", "train"), 64 * 3)
     assert 0 < done < 6000, f"kill landed outside the build of the train split ({done} rows done)"
     partial = open_store(out)
     assert partial.checkpoint_names() == []  # nothing partial is marked complete
