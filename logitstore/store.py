@@ -307,12 +307,7 @@ class LogitStore:
 
         Raises StoreCorruptError when the entry is incomplete or a chunk is missing/corrupt.
         """
-        meta = self.logits_meta(checkpoint, split) if self.has_checkpoint(checkpoint) else None
-        if meta is None or not meta.complete:
-            raise StoreCorruptError(
-                f"checkpoint {checkpoint!r} has no complete logits for split {split!r} in store {self.path}; "
-                "rerun `logitstore build` to finish it"
-            )
+        meta = self._complete_entry(checkpoint, split, "logits")
         with _reading(self.path, f"logits of {checkpoint}/{split}"):
             sg = self._root[f"checkpoints/{checkpoint}/{split}"]
             # faults (issue 10): a shape that disagrees with the metadata (a damaged zarr.json) is
@@ -335,17 +330,22 @@ class LogitStore:
             )
         return out
 
+    def _complete_entry(self, checkpoint: str, split: str, what: str) -> LogitsMeta:
+        """The progress of a complete entry; StoreCorruptError naming ``what`` otherwise."""
+        meta = self.logits_meta(checkpoint, split) if self.has_checkpoint(checkpoint) else None
+        if meta is None or not meta.complete:
+            raise StoreCorruptError(
+                f"checkpoint {checkpoint!r} has no complete {what} for split {split!r} in store {self.path}; "
+                "rerun `logitstore build` to finish it"
+            )
+        return meta
+
     def read_entry(self, checkpoint: str, split: str, names: Sequence[str], start: int = 0,
                    stop: int | None = None) -> dict[str, np.ndarray]:
         """Raw arrays ``names`` [start, stop) of a complete entry of a task with its own entry
         layout (causal-LM top-k: ids, logp, lse); the task decodes them. Raises
         StoreCorruptError when the entry is incomplete or an array is unreadable."""
-        meta = self.logits_meta(checkpoint, split) if self.has_checkpoint(checkpoint) else None
-        if meta is None or not meta.complete:
-            raise StoreCorruptError(
-                f"checkpoint {checkpoint!r} has no complete entry for split {split!r} in store {self.path}; "
-                "rerun `logitstore build` to finish it"
-            )
+        self._complete_entry(checkpoint, split, "entry")
         with _reading(self.path, f"entry {checkpoint}/{split}"):
             sg = self._root[f"checkpoints/{checkpoint}/{split}"]
             return {n: sg[n][start:stop] for n in names}

@@ -36,7 +36,9 @@ def _machine_paths(text: str, checkout: str) -> list[str]:
 
 
 def test_the_pattern_catches_what_it_must_and_passes_relative_paths():
-    bad = 'TOKENIZER = Path("/work/main/.cache/assets/minilm")\nHOME = "/home/alice/x"\ncd /root/.cache\n'
+    root = "/"  # the examples are assembled so that this file itself names no machine path
+    bad = (f'TOKENIZER = Path("{root}work/main/.cache/assets/minilm")\nHOME = "{root}home/alice/x"\n'
+           f"cd {root}root/.cache\n")
     assert len(_machine_paths(bad, "/nowhere/checkout")) == 3
     good = 'ASSETS = Path(__file__).parents[1] / ".cache" / "assets"\nurl = "s3://bucket/key"\n'
     good += "default ~/.cache/logitstore, see docs/store-format.md, http://host/work/x"
