@@ -120,6 +120,7 @@ class LogitStore:
         self.path = path
         self._root = root
         self.meta = meta
+        self._all_stored: set[str] = set()  # int8 logits entries whose chunks were all found stored
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -318,8 +319,10 @@ class LogitStore:
                     f"logits of {checkpoint}/{split} in store {self.path} have {sg['logits'].shape[0]:,} rows in "
                     f"their metadata but the entry has {length:,}; the store is damaged: `logitstore verify "
                     f"{self.path}` says what else is, and rerunning the build repairs it")
-            if "scale" in sg:  # int8: a missing values chunk would read as zeros, a legal value
-                _all_chunks(sg["logits"], self.path, f"logits of {checkpoint}/{split}")
+            key = f"{checkpoint}/{split}"
+            if "scale" in sg and key not in self._all_stored:  # int8: a missing chunk would read as zeros
+                _all_chunks(sg["logits"], self.path, f"logits of {key}")  # one listing per entry, not per read
+                self._all_stored.add(key)
             values = sg["logits"][start:stop]
             scale = sg["scale"][start:stop] if "scale" in sg else None
         out = decode(values, scale)
