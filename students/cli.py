@@ -82,6 +82,9 @@ OPTIONS = (
     Option("seed", "seed of initialisation, dropout and batch order", "optimisation", True, metavar="N"),
     Option("eval_every", "evaluate on validation every N steps (default: at the end of each epoch)",
            "optimisation", metavar="N"),
+    Option("patience", "early stopping: stop after N evaluations on validation (see --eval-every) without a "
+           "better task metric, keeping the best student (default: train the whole run)", "optimisation",
+           metavar="N"),
     Option("device", "cpu, cuda, cuda:N, mps or auto (cuda when torch sees a GPU, else cpu)", "runtime",
            metavar="NAME"),
     Option("threads", "CPU threads of torch and of an online ONNX teacher; a sweep with --workers N gives each "
