@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from students.cli import main
-from students.study import (gap_closed, load_study, parse_study, relative_gain, run_study, share, study_numbers,
+from students.study import (gap_closed, load_study, relative_gain, run_study, share, study_numbers,
                             summarize, within_spread, write_study_report)
 from students.study.numbers import Score
 from students.sweep import RunOutcome
@@ -94,6 +94,10 @@ def test_settings_merge_per_store_and_size_and_flags_win(tmp_path):
     flagged = load_study(path, {"train": {"epochs": 1}, "seeds": "3", "sizes": [4]}, check_stores=False)
     assert {(c.store, c.size, c.sweep.template.epochs, c.sweep.space.seeds) for c in flagged.cases} == {
         ("a", 4, 1, (0, 1, 2)), ("b", 4, 1, (0, 1, 2))}
+    flags_only = load_study(None, {"stores": ["x=" + str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")]},
+                            check_stores=False)
+    assert [(c.store, c.path, c.size, c.sweep.space.seeds) for c in flags_only.cases] == [
+        ("x", str(tmp_path / "a.zarr"), 2, (0,)), ("b", str(tmp_path / "b.zarr"), 2, (0,))]
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +241,3 @@ def load_study(path: str | os.PathLike[str] | None, flags: Mapping[str, Any] | N
                                                                                      "a study TOML file")) from exc
     return parse_study(data, flags, "flags" if path is None else str(path), check_stores)
 
-
-def with_out(config: StudyConfig, out: str) -> StudyConfig:
-    """The same study written to ``out`` (tests)."""
-    cases = tuple(replace(c, sweep=replace(c.sweep, out=os.path.join(out, c.store, f"L{c.size}"))) for c in config.cases)
-    return replace(config, out=out, cases=cases)
