@@ -3,6 +3,7 @@
     students train --store logits.zarr --distance ce --temperature 2 --alpha 0.5 --teacher tll --layers 2 --out runs/s
     students sweep --store logits.zarr --strategy greedy --seeds 3 --out runs/sweep
     students report runs/sweep
+    students study study.toml --out runs/study        (then: students report runs/study)
 
 Errors of either package's hierarchy (logitstore.errors.LogitStoreError,
 students.errors.StudentsError) print as one line (``error: ...``) with exit code 2;
@@ -82,6 +83,9 @@ OPTIONS = (
     Option("seed", "seed of initialisation, dropout and batch order", "optimisation", True, metavar="N"),
     Option("eval_every", "evaluate on validation every N steps (default: at the end of each epoch)",
            "optimisation", metavar="N"),
+    Option("patience", "early stopping: stop after N evaluations on validation (see --eval-every) without a "
+           "better task metric, keeping the best student (default: train the whole run)", "optimisation",
+           metavar="N"),
     Option("device", "cpu, cuda, cuda:N, mps or auto (cuda when torch sees a GPU, else cpu)", "runtime",
            metavar="NAME"),
     Option("threads", "CPU threads of torch and of an online ONNX teacher; a sweep with --workers N gives each "
@@ -212,7 +216,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_train(sub, common)
     _add_sweep(sub, common)
     _add_report(sub, common)
+    from students.study.cli import add_study
+
+    add_study(sub, common, _add_options, _SWEEP_FIELDS)
     return p
+
+
+_SWEEP_FIELDS = [o.field for o in OPTIONS if not o.train_only]  # the training flags of sweep and study
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -228,9 +238,17 @@ def _run(args: argparse.Namespace) -> int:
         template = TrainConfig(store=args.store, out=args.out, progress=False, **config_kwargs(args, "sweep"))
         run_sweep(SweepConfig(args.store, args.out, args.strategy, space, args.workers, template, args.save_models))
         return 0
+    if args.command == "study":
+        from students.study.cli import run_study_command
+
+        return run_study_command(args, _SWEEP_FIELDS)
     if args.command == "report":
         from students.report import write_report
+        from students.study import STUDY_FILE, write_study_report
 
+        if os.path.exists(os.path.join(args.sweep_dir, STUDY_FILE)):  # a study folder: the study report
+            print("wrote " + ", ".join(str(p) for p in write_study_report(args.sweep_dir, args.out)))
+            return 0
         report = write_report(args.sweep_dir, args.out)
         print("wrote " + ", ".join(str(p) for p in report.files))
         return 0
