@@ -100,6 +100,15 @@ def test_settings_merge_per_store_and_size_and_flags_win(tmp_path):
         ("x", str(tmp_path / "a.zarr"), 2, (0,)), ("b", str(tmp_path / "b.zarr"), 2, (0,))]
 
 
+def test_an_epochs_flag_beats_every_epochs_table(tmp_path):
+    """Flags come last in the precedence (docs/study.md): --epochs also beats a store's own
+    [stores.epochs], which once overrode it."""
+    study = load_study(_study_toml(tmp_path, "[stores.epochs]\n1 = 9\n"), {"train": {"epochs": 2}},
+                       check_stores=False)
+    assert {(c.store, c.size): c.sweep.template.epochs for c in study.cases} == {
+        ("a", 1): 2, ("a", 2): 2, ("b", 1): 2}
+
+
 @pytest.mark.parametrize("extra,message", [
     ("[stores.train]\nepoch = 3\n", "unknown key 'epoch' in [stores.b.train]"),
     ("colour = 1\n", "unknown key 'colour' in [[stores]] entry 2"),
@@ -107,6 +116,12 @@ def test_settings_merge_per_store_and_size_and_flags_win(tmp_path):
     ("[stores.space]\nalpha = [2]\n", "alpha values must be numbers in [0, 1]. Got 2.0 instead"),
     ("[stores.train]\nlr = -1\n", "learning rate must be > 0. Got -1 instead"),
     ("name = \"a\"\n", "two stores are named 'a'; give each its own `name`"),
+    ("name = 3\n", "store name 3 must be letters, digits"),  # was a TypeError traceback (sorting int and str)
+    ("[stores.train]\ndevice = 3\n", "[stores.b.train] device must be a string. Got 3 instead"),
+    ("[stores.train]\nepochs = \"10\"\n", "[stores.b.train] epochs must be an integer. Got '10' instead"),
+    ("[stores.train]\nbatch_size = 2.5\n", "[stores.b.train] batch_size must be an integer. Got 2.5 instead"),
+    ("[stores.train]\npatience = true\n", "[stores.b.train] patience must be an integer. Got True instead"),
+    ("[stores.train]\nlr = \"fast\"\n", "[stores.b.train] lr must be a number. Got 'fast' instead"),
 ])
 def test_bad_study_files_are_one_line_errors(tmp_path, capsys, extra, message):
     (tmp_path / "a.zarr").mkdir()
