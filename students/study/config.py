@@ -86,6 +86,18 @@ def _table(where: str, value: Any, problems: list[str]) -> dict[str, Any]:
     return dict(value)
 
 
+def _kinds(key: str) -> list[Any]:
+    """The types a TrainConfig field takes, None aside ([None] for a key that is no field)."""
+    return [t for t in get_args(_HINTS.get(key)) if t is not type(None)] or [_HINTS.get(key)]
+
+
+def _as_field(key: str, value: Any) -> Any:
+    """``value`` as its field stores it: an integer for a float field as a float, since run
+    keys hash 0 and 0.0 apart (`weight_decay = 0` here and `--weight-decay 0` would not share runs)."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    return float(value) if whole and float in _kinds(key) and int not in _kinds(key) else value
+
+
 def _fits(value: Any, kinds: list[Any]) -> bool:
     """Whether a TOML value fits a field of types ``kinds`` (an integer fits a float field)."""
     if isinstance(value, bool):
@@ -101,7 +113,7 @@ def _wrong_types(where: str, table: Mapping[str, Any]) -> dict[str, str]:
     out = {}
     for k, v in table.items():
         if k in _HINTS:
-            kinds = [t for t in get_args(_HINTS[k]) if t is not type(None)] or [_HINTS[k]]
+            kinds = _kinds(k)
             if not _fits(v, kinds):
                 out[k] = f"{where} {k} must be {_KINDS.get(kinds[0], kinds[0])}. Got {v!r} instead"
     return out
@@ -144,7 +156,7 @@ def _layer(where: str, d: Mapping[str, Any], problems: list[str]) -> _Layer:
     problems += _unknown(f"[{where}space]", space, SPACE_TABLE_KEYS) + _unknown(f"[{where}train]", train, TRAIN_KEYS)
     wrong = _wrong_types(f"[{where}train]", train)
     problems += wrong.values()
-    train = {k: v for k, v in train.items() if k not in wrong}  # reported; TrainConfig would fail on them unclearly
+    train = {k: _as_field(k, v) for k, v in train.items() if k not in wrong}  # wrong: reported, left out
     return _Layer(sizes, d.get("seeds"), space, train,
                   _epochs(f"[{where}epochs]", _table(f"{where}epochs", d.get("epochs"), problems), problems))
 
@@ -260,6 +272,8 @@ def load_study(path: str | os.PathLike[str] | None, flags: Mapping[str, Any] | N
     """The study of the TOML file ``path`` (None: flags only) with ``flags`` on top."""
     from students.sweep.space import _read_toml
 
+    if path is not None and Path(path).is_dir():  # _read_toml would tell the user to pass --space FILE.toml
+        raise StudyError(f"study file {path} is a folder; pass a study TOML file (docs/study.md)")
     try:
         data = _read_toml(path) if path is not None else {}
     except SweepSpaceError as exc:  # its messages say "sweep space file"; a study file is meant here
