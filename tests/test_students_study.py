@@ -12,7 +12,7 @@ from students.cli import main
 from students.study import (gap_closed, load_study, relative_gain, run_study, share, study_numbers,
                             summarize, within_spread, write_study_report)
 from students.study.numbers import Score
-from students.sweep import RunOutcome
+from students.sweep import RunOutcome, run_key
 from students.train import TrainConfig
 
 BASE = {"a": 0.6, "b": 0.7}  # each fake store's no-KD metric
@@ -100,13 +100,39 @@ def test_settings_merge_per_store_and_size_and_flags_win(tmp_path):
         ("x", str(tmp_path / "a.zarr"), 2, (0,)), ("b", str(tmp_path / "b.zarr"), 2, (0,))]
 
 
+def test_an_epochs_flag_beats_every_epochs_table(tmp_path):
+    """Flags come last in the precedence (docs/study.md): --epochs also beats a store's own
+    [stores.epochs], which once overrode it."""
+    study = load_study(_study_toml(tmp_path, "[stores.epochs]\n1 = 9\n"), {"train": {"epochs": 2}},
+                       check_stores=False)
+    assert {(c.store, c.size): c.sweep.template.epochs for c in study.cases} == {
+        ("a", 1): 2, ("a", 2): 2, ("b", 1): 2}
+
+
+def test_whole_numbers_for_float_options_share_run_keys_with_the_flags(tmp_path):
+    """`weight_decay = 0` in a file and `--weight-decay 0` (0.0) are one setting: the same run keys, so
+    a study resumed with the flag does not train its runs again."""
+    path = _study_toml(tmp_path, "[stores.train]\nweight_decay = 0\nwarmup_ratio = 0\n")
+    from_file = [c.sweep.template for c in load_study(path, check_stores=False).cases]
+    from_flags = [c.sweep.template for c in load_study(path, {"train": {"weight_decay": 0.0, "warmup_ratio": 0.0}},
+                                                         check_stores=False).cases]
+    assert run_key(from_file[-1]) == run_key(from_flags[-1])  # store b, which sets them
+    assert type(from_file[-1].weight_decay) is float and from_file[-1].weight_decay == 0
+
+
 @pytest.mark.parametrize("extra,message", [
     ("[stores.train]\nepoch = 3\n", "unknown key 'epoch' in [stores.b.train]"),
     ("colour = 1\n", "unknown key 'colour' in [[stores]] entry 2"),
     ("[stores.epochs]\none = 3\n", "maps a student size to its epochs (e.g. `1 = 12`). Got one = 3 instead"),
     ("[stores.space]\nalpha = [2]\n", "alpha values must be numbers in [0, 1]. Got 2.0 instead"),
-    ("[stores.train]\nlr = -1\n", "learning rate must be > 0. Got -1 instead"),
+    ("[stores.train]\nlr = -1\n", "learning rate must be > 0. Got -1.0 instead"),
     ("name = \"a\"\n", "two stores are named 'a'; give each its own `name`"),
+    ("name = 3\n", "store name 3 must be letters, digits"),  # was a TypeError traceback (sorting int and str)
+    ("[stores.train]\ndevice = 3\n", "[stores.b.train] device must be a string. Got 3 instead"),
+    ("[stores.train]\nepochs = \"10\"\n", "[stores.b.train] epochs must be an integer. Got '10' instead"),
+    ("[stores.train]\nbatch_size = 2.5\n", "[stores.b.train] batch_size must be an integer. Got 2.5 instead"),
+    ("[stores.train]\npatience = true\n", "[stores.b.train] patience must be an integer. Got True instead"),
+    ("[stores.train]\nlr = \"fast\"\n", "[stores.b.train] lr must be a number. Got 'fast' instead"),
 ])
 def test_bad_study_files_are_one_line_errors(tmp_path, capsys, extra, message):
     (tmp_path / "a.zarr").mkdir()
@@ -125,6 +151,9 @@ def test_a_missing_store_or_file_names_the_fix(tmp_path, capsys):
     assert len(err) == 1 and f"store 'b': no store at {tmp_path / 'b.zarr'}; build it with `logitstore build`" in err[0]
     assert main(["study", str(tmp_path / "none.toml")]) == 2
     assert "no study file at" in capsys.readouterr().err
+    assert main(["study", str(tmp_path)]) == 2  # a folder: once "--space DIR is a folder; pass --space FILE.toml"
+    assert capsys.readouterr().err.strip() == f"error: study file {tmp_path} is a folder; pass a study TOML file " \
+                                               "(docs/study.md)"
     assert main(["study", "--out", str(tmp_path / "s")]) == 2
     assert "no stores: add [[stores]] entries to the study file or pass --store PATH" in capsys.readouterr().err
 

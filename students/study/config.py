@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from students.config import TrainConfig
 from students.errors import ConfigError
@@ -32,6 +32,8 @@ NOT_TRAIN_KEYS = ("store", "out", "layers", "seed", "distance", "temperature", "
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in NOT_TRAIN_KEYS)
 SPACE_TABLE_KEYS = tuple(k for k in SPACE_KEYS if k not in ("layers", "seeds"))  # sizes, seeds: their own keys
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HINTS = get_type_hints(TrainConfig)
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 class StudyError(ConfigError):
@@ -84,6 +86,39 @@ def _table(where: str, value: Any, problems: list[str]) -> dict[str, Any]:
     return dict(value)
 
 
+def _kinds(key: str) -> list[Any]:
+    """The types a TrainConfig field takes, None aside ([None] for a key that is no field)."""
+    return [t for t in get_args(_HINTS.get(key)) if t is not type(None)] or [_HINTS.get(key)]
+
+
+def _as_field(key: str, value: Any) -> Any:
+    """``value`` as its field stores it: an integer for a float field as a float, since run
+    keys hash 0 and 0.0 apart (`weight_decay = 0` here and `--weight-decay 0` would not share runs)."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    return float(value) if whole and float in _kinds(key) and int not in _kinds(key) else value
+
+
+def _fits(value: Any, kinds: list[Any]) -> bool:
+    """Whether a TOML value fits a field of types ``kinds`` (an integer fits a float field)."""
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int):
+        return int in kinds or float in kinds
+    return any(isinstance(value, t) for t in kinds if t in (float, str))
+
+
+def _wrong_types(where: str, table: Mapping[str, Any]) -> dict[str, str]:
+    """Key -> problem for each value of a [train] table whose TOML type does not fit its
+    TrainConfig field (a string for an integer, 2.5 for a batch size, true for patience)."""
+    out = {}
+    for k, v in table.items():
+        if k in _HINTS:
+            kinds = _kinds(k)
+            if not _fits(v, kinds):
+                out[k] = f"{where} {k} must be {_KINDS.get(kinds[0], kinds[0])}. Got {v!r} instead"
+    return out
+
+
 def _sizes(where: str, value: Any, problems: list[str]) -> tuple[int, ...]:
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in items):
@@ -119,6 +154,9 @@ def _layer(where: str, d: Mapping[str, Any], problems: list[str]) -> _Layer:
     space = _table(f"{where}space", d.get("space"), problems)
     train = _table(f"{where}train", d.get("train"), problems)
     problems += _unknown(f"[{where}space]", space, SPACE_TABLE_KEYS) + _unknown(f"[{where}train]", train, TRAIN_KEYS)
+    wrong = _wrong_types(f"[{where}train]", train)
+    problems += wrong.values()
+    train = {k: _as_field(k, v) for k, v in train.items() if k not in wrong}  # wrong: reported, left out
     return _Layer(sizes, d.get("seeds"), space, train,
                   _epochs(f"[{where}epochs]", _table(f"{where}epochs", d.get("epochs"), problems), problems))
 
@@ -139,10 +177,10 @@ def _store_entries(data: Mapping[str, Any], cli_stores: list[str], problems: lis
         if not isinstance(e.get("path"), str) or not e["path"]:
             problems.append(f"[[stores]] entry {i + 1} has no path; add `path = \"STORE.zarr\"`")
         e.setdefault("name", Path(str(e.get("path", ""))).stem)
-        if not NAME.match(str(e["name"])):
+        if not isinstance(e["name"], str) or not NAME.match(e["name"]):
             problems.append(f"store name {e['name']!r} must be letters, digits, '.', '_' or '-' (it names a folder); "
                             "set `name`")
-    names = [e["name"] for e in out]
+    names = [str(e["name"]) for e in out]
     problems += [f"two stores are named {n!r}; give each its own `name`" for n in sorted(set(names))
                  if names.count(n) > 1]
     if not out:
@@ -184,10 +222,10 @@ def _cases(top: _Layer, entry: Mapping[str, Any], layer: _Layer, flags: Mapping[
     cases = []
     for size in sizes:
         epochs = {**top.epochs, **layer.epochs}
-        train_in = {**top.train, **({"epochs": epochs[size]} if size in epochs else {}), **layer.train,
-                    **flags.get("train", {})}
+        train_in = {**top.train, **({"epochs": epochs[size]} if size in epochs else {}), **layer.train}
         if size in layer.epochs:  # the store's own [epochs] beats its [train].epochs
             train_in["epochs"] = layer.epochs[size]
+        train_in.update(flags.get("train", {}))  # flags beat the whole file, [epochs] tables included
         folder = os.path.join(out, name, f"L{size}")
         template = _train_config(f"store {name!r}, size {size}", train_in, path, folder, size, problems)
         space = _space(f"store {name!r}, size {size}", space_in, size, seeds, problems)
@@ -234,6 +272,8 @@ def load_study(path: str | os.PathLike[str] | None, flags: Mapping[str, Any] | N
     """The study of the TOML file ``path`` (None: flags only) with ``flags`` on top."""
     from students.sweep.space import _read_toml
 
+    if path is not None and Path(path).is_dir():  # _read_toml would tell the user to pass --space FILE.toml
+        raise StudyError(f"study file {path} is a folder; pass a study TOML file (docs/study.md)")
     try:
         data = _read_toml(path) if path is not None else {}
     except SweepSpaceError as exc:  # its messages say "sweep space file"; a study file is meant here
