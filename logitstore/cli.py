@@ -68,6 +68,14 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider (default: auto = CUDA when working, else CPU)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all cores)")
+    _add_lm_flags(b)
+    b.add_argument("--metric", default=None, choices=sorted({m for t in TASKS.values() for m in t.metrics}),
+                   help="validation score that ranks checkpoints for ths (default: accuracy; ner: entity f1; "
+                        "qa: f1)")
+
+
+def _add_lm_flags(b: argparse.ArgumentParser) -> None:
+    """The causal-LM flags of `build` (issue 12) and --runtime."""
     b.add_argument("--top-k", type=int, default=50,
                    help="causal-lm: teacher token ids kept per position, with their log-probabilities (default: 50)")
     b.add_argument("--temperatures", default="1", metavar="T1,T2,...",
@@ -85,9 +93,6 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--runtime", default="onnx", choices=["onnx", "torch"],
                    help="run teachers as exported ONNX graphs (default) or in PyTorch eager, for models that "
                         "cannot be exported; recorded per checkpoint")
-    b.add_argument("--metric", default=None, choices=sorted({m for t in TASKS.values() for m in t.metrics}),
-                   help="validation score that ranks checkpoints for ths (default: accuracy; ner: entity f1; "
-                        "qa: f1)")
 
 
 def _floats(text: str) -> tuple[float, ...]:
