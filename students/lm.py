@@ -15,6 +15,11 @@ Evaluation (validation, then test): next-token ``accuracy`` (the checkpoint metr
 ``perplexity`` = exp(mean CE), ``top1_agreement`` with the teacher's top-1 id and ``kl``,
 KL(teacher || student) with the tail as one bucket at tau = 1 (renormalised over the kept
 ids when the store has no lse at 1), on every labelled token of the split.
+
+Sampled stores (``--sample N``): the targets are the drawn ids with weights counts / N (times
+p_t / p_s at a stored tau_t other than the sampling temperature), the loss the unbiased
+forward-KL estimate (students/sparse_loss.py; other distances and --online are refused);
+``kl`` is that estimate at tau = 1 and ``top1_agreement`` uses the most likely drawn id.
 """
 from __future__ import annotations
 
