@@ -32,7 +32,7 @@ def print_info(path: Path | str, console: Console | None = None) -> LogitStore:
     console = console or Console(width=None if sys.stdout.isatty() else 150)
     store = open_store(path)
     m = store.meta
-    keeps = f"top-k {m.top_k}" if m.top_k else f"{m.sample} draws at tau {m.sample_temperature:g}"
+    keeps = f"top-k {m.top_k}" if m.top_k else f"{m.sample} draws at tau {m.sample_temperature or 1:g}"
     labels = f"labels: {', '.join(m.label_names)}" if m.vocab_size is None else (  # causal-lm: what each token keeps
         f"{keeps} of {m.vocab_size:,} ids, lse at tau {', '.join(f'{t:g}' for t in m.temperatures or [])}")
     console.print(f"[bold]{path}[/]  format v{m.format_version}, {m.task}, {labels}, "
