@@ -192,6 +192,14 @@ class CheckpointMeta(_Meta):
     complete: bool = False
     split_scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON; ``runtime`` only when it is not the default "onnx", so entries built by
+        ONNX Runtime are written exactly as before the field existed."""
+        d = super().to_dict()
+        if d["runtime"] == "onnx":
+            del d["runtime"]
+        return d
+
 
 @dataclass(frozen=True)
 class LogitsMeta(_Meta):
