@@ -181,7 +181,8 @@ def test_bad_sample_settings_are_one_line_errors(flags, needle, lm_run, data, tm
 
 
 # ---------------------------------------------------------------------------- block-wise repair
-@pytest.mark.parametrize("mode", [("--top-k", "6"), ("--sample", str(DRAWS))])
+@pytest.mark.parametrize("mode", [("--top-k", "6"), ("--sample", str(DRAWS)),
+                                  ("--sample", str(DRAWS), "--runtime", "torch")])
 def test_repair_recomputes_only_the_damaged_block(mode, lm_run, data, tmp_path, capsys, monkeypatch, _env):
     """Entries in chunks of 32 tokens (blocks of 4 rows = 128 tokens): one damaged chunk is one
     block recomputed, and every chunk file's bytes equal an undamaged build's."""
@@ -202,7 +203,8 @@ def test_repair_recomputes_only_the_damaged_block(mode, lm_run, data, tmp_path, 
     capsys.readouterr()
     from logitstore.cli import main
 
-    assert main([str(out) if a == str(tmp_path / "X") else a for a in args]) == 0
+    rerun = [a for a in args if a not in ("--runtime", "torch")]  # the entry's recorded runtime repairs it
+    assert main([str(out) if a == str(tmp_path / "X") else a for a in rerun]) == 0
     said = "".join(capsys.readouterr())
     assert "checkpoint-2: repaired 1 block" in " ".join(said.split()), said
     assert rows > 8 and scan(out).clean
