@@ -124,9 +124,11 @@ class CausalLMSampled(CausalLM):
 
     def parity(self, got: list[np.ndarray], ref: list[np.ndarray]) -> float:
         """Max |diff| of the drawn ids' logits (where both drew the same id), zmax, lse and nll;
-        inf when more than 1 draw in 1,000 differs (a draw on a CDF boundary may round over)."""
+        inf when more than 1 draw in 100 differs. A draw within the runtimes' CDF difference of
+        a boundary lands on a neighbouring id: 0.26% of the draws on SmolLM2-135M (16 per token,
+        512 tokens, logits within 8e-5); a broken sampler differs almost everywhere."""
         same = got[0] == ref[0]
-        if (~same).mean() > 1e-3:
+        if (~same).mean() > 1e-2:
             return float("inf")
         vals = [np.where(same, got[1], 0.0), np.where(same, ref[1], 0.0)]
         return max(super(CausalLM, self).parity([vals[0], *got[2:]], [vals[1], *ref[2:]]), 0.0)
