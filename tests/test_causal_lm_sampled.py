@@ -4,7 +4,6 @@ older-reader refusal, block-wise repair of LM entries, and students trained on d
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

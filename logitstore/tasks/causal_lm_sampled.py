@@ -131,7 +131,7 @@ class CausalLMSampled(CausalLM):
         if (~same).mean() > 1e-2:
             return float("inf")
         vals = [np.where(same, got[1], 0.0), np.where(same, ref[1], 0.0)]
-        return max(super(CausalLM, self).parity([vals[0], *got[2:]], [vals[1], *ref[2:]]), 0.0)
+        return super(CausalLM, self).parity([vals[0], *got[2:]], [vals[1], *ref[2:]])  # Task.parity
 
     # ------------------------------------------------------------------ store entries
     def entry_arrays(self, store_meta: Any, split: str, tokens: int) -> dict[str, tuple[tuple[int, ...], str]]:
