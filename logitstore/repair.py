@@ -75,7 +75,7 @@ def repair_plan(path: str | os.PathLike[str], offsets: dict[str, np.ndarray],
     token layout maps damaged token chunks to the row blocks that wrote them)."""
     report = scan(path, read=True, checkpoints=checkpoints)
     raw = raw_store(path)
-    token_layout = report.layout == "token"
+    token_layout = report.layout != "row"  # token logits, or a causal-LM entry (per token, in row blocks)
     splits = frozenset(e.name for e in report.damaged if e.kind == "split")
     entries: dict[str, set[str]] = {}
     blocks: dict[str, dict[str, set[tuple[int, int]]]] = {}
@@ -167,6 +167,19 @@ def find_damage(store: Any, splits: dict[str, Any], checkpoints: Iterable[str]) 
     return plan
 
 
+def _teacher(ck: Any, meta: CheckpointMeta, cfg: Any, task: Any) -> Any:
+    """The runtime that computed the entry (its metadata's ``runtime``): its ONNX graph on
+    the provider it ran on, or the model in PyTorch (``--runtime torch``)."""
+    if meta.runtime == "torch":
+        from logitstore.torch_runtime import torch_session
+
+        return torch_session(ck.path, task, cfg.threads)
+    from logitstore.export import export_checkpoint
+
+    exp = export_checkpoint(ck.path, None, cfg.parity_tolerance, weights_sha=meta.weights_sha256, task=task)
+    return _session(exp.onnx_path, meta.provider, cfg)
+
+
 def _session(onnx_path: Path, recorded: str, cfg: Any) -> Any:
     """A session on the provider that computed the entry (when --provider is auto), so the
     rewritten blocks match the rest; any working provider if that one is not here."""
@@ -185,17 +198,12 @@ def repair_checkpoint(store: Any, ck: Any, meta: CheckpointMeta, cfg: Any, split
                       plan: RepairPlan) -> int:
     """Rewrite the damaged blocks and entries ``plan`` lists for the complete checkpoint
     ``ck`` (store entry ``meta``); returns the number of blocks computed."""
-    from logitstore.export import export_checkpoint
-
     task = get_task(store.meta.task).for_store(store.meta)
-    exp = export_checkpoint(ck.path, None, cfg.parity_tolerance, weights_sha=meta.weights_sha256, task=task)
-    session = _session(exp.onnx_path, meta.provider, cfg)
+    session = _teacher(ck, meta, cfg, task)
     raw = raw_store(store.path, writable=True)
     per_token = store.meta.layout == "token"
     whole = plan.entries.get(ck.name, frozenset())
-    own = task.entry_arrays(store.meta, "", 0) is not None  # causal-LM top-k: damaged entries are rebuilt whole
-    if own:
-        whole = whole | frozenset(plan.blocks.get(ck.name, {}))
+    own = task.entry_arrays(store.meta, "", 0) is not None  # causal-LM: the task writes its blocks
     done = 0
     for split in sorted(whole):
         data = splits[split]
@@ -209,12 +217,17 @@ def repair_checkpoint(store: Any, ck: Any, meta: CheckpointMeta, cfg: Any, split
         done += _write_blocks(store, ck.name, data, session, cfg, meta.encoding, ranges, keep_complete=False)
     assert plan.report is not None
     damaged = next((e for e in plan.report.damaged if e.kind == "checkpoint" and e.name == ck.name), None)
-    for split, ranges in sorted({} if own else plan.blocks.get(ck.name, {}).items()):
+    for split, ranges in sorted(plan.blocks.get(ck.name, {}).items()):
         # Drop the damaged chunks first: a block that covers a chunk only in part (token layout)
         # makes zarr read the chunk to update it, and a damaged one cannot be read.
         for d in damaged.damage if damaged else []:
             if d.chunk is not None and d.node.split("/")[2] == split:
                 _delete_chunk(raw, store, d.node, d.chunk)
+        if own:  # causal LM: the same blocks as the build writes them, each row's draws seeded by the row
+            for span in ranges:
+                task.write_block(store, ck.name, splits[split], session, cfg, span, len(splits[split]))
+            done += len(ranges)
+            continue
         done += _write_blocks(store, ck.name, splits[split], session, cfg, meta.encoding, ranges, keep_complete=True)
     if whole or plan.blocks.get(ck.name):  # the scores come from these logits
         from logitstore.scoring import scored
