@@ -173,3 +173,14 @@ def test_a_killed_driver_resumes_with_only_the_missing_runs(store, serial, clust
     result = run_sweep(SweepConfig(str(store), str(out), "grid", SPACE, None, train_options(store), ray=cluster))
     assert result.ran == 6 - len(before)
     assert_same_runs(result.records, serial)
+
+
+def test_a_dying_worker_of_the_local_pool_stops_the_sweep_with_one_line(store, tmp_path, capsys):
+    """The pool cannot tell which run killed its worker: it stops, naming the fix (the runs
+    recorded so far stay; a rerun resumes)."""
+    from students.errors import ClusterError
+
+    cfg = SweepConfig(str(store), str(tmp_path / "sweep"), "grid", replace(SPACE, seeds=(0,)), 2,
+                      replace(train_options(store), threads=2))
+    with pytest.raises(ClusterError, match="rerun the same command to resume, or use --ray"):
+        run_sweep(cfg, run_fn=Dies(str(tmp_path), always=("tll",)))
