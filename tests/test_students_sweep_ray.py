@@ -154,6 +154,16 @@ def test_a_dying_worker_is_retried_once_and_one_that_always_dies_is_recorded_fai
     assert_same_runs(load_results(tmp_path / "sweep"), serial)
 
 
+def test_a_run_larger_than_the_cluster_is_refused_before_anything_runs(store, cluster, tmp_path):
+    from students.errors import ClusterError
+
+    cfg = SweepConfig(str(store), str(tmp_path / "sweep"), "grid", SPACE, None,
+                      replace(train_options(store), threads=4), ray=cluster)
+    with pytest.raises(ClusterError, match=r"each run asks for 4 CPU\(s\) \(--threads\) but the Ray cluster has 2"):
+        run_sweep(cfg)
+    assert not (tmp_path / "sweep" / RESULTS).exists()
+
+
 def test_a_killed_driver_resumes_with_only_the_missing_runs(store, serial, cluster, tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "students.cli", "sweep", "--store", str(store), "--out", str(out),
@@ -162,7 +172,7 @@ def test_a_killed_driver_resumes_with_only_the_missing_runs(store, serial, clust
            "--batch-size", "16", "--lr", "1e-3", "--device", "cpu", "--threads", "1", "--ray", cluster]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300
     while not ((out / RESULTS).exists() and (out / RESULTS).read_text().count("\n") >= 1):
         assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before it could be killed"
         time.sleep(0.05)
