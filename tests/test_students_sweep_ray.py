@@ -1,7 +1,10 @@
 """Sweeps on a real local Ray cluster (2 CPUs, started once for the module): a Ray sweep
-records what a serial sweep records; a run whose worker dies is retried once, one that
-always dies is recorded as failed and the sweep goes on; a killed driver resumes with only
-the missing runs; bad --ray input is one line; nothing imports Ray without --ray."""
+records what a serial sweep records; a greedy Ray sweep sends its stages in order and
+chooses as a serial one; a run whose worker dies is retried once, one that always dies is
+recorded as failed and the sweep goes on; a killed driver resumes with only the missing
+runs; a dying worker of the local pool stops the sweep with one line; bad --ray input (no
+Ray, an unreachable address, --workers, a run larger than the cluster) is one line; nothing
+imports Ray without --ray."""
 from __future__ import annotations
 
 import json
@@ -19,7 +22,8 @@ import ray
 from logitstore.build import BuildConfig, build_store
 from students.cli import main
 from students.report import load_report, write_report
-from students.sweep import RESULTS, SweepConfig, SweepSpace, load_results, read_manifest, run_sweep, train_run
+from students.sweep import (RESULTS, Runner, RunOutcome, Serial, SweepConfig, SweepSpace, greedy, load_results,
+                            read_manifest, run_sweep, train_run)
 from students.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +90,13 @@ class Dies:
         return train_run(config)
 
 
+def fake_run(config: TrainConfig) -> RunOutcome:
+    """A deterministic metric (no training): best tau_t 4, alpha helps, mse hurts, tll helps."""
+    val = (0.5 - 0.01 * abs(config.temperature - 4) + 0.1 * config.alpha - 0.05 * (config.distance == "mse")
+           + 0.02 * (config.teacher == "tll") + 0.001 * config.seed)
+    return RunOutcome("accuracy", val, val - 0.1, config.teacher, train_seconds=0.0, steps=1, best_step=1)
+
+
 # ---------------------------------------------------------------------------- bad input (no cluster needed)
 def test_ray_with_workers_is_a_one_line_error(capsys):
     code = main(["sweep", "--store", "s.zarr", "--ray", "--workers", "2"])
@@ -123,6 +134,38 @@ def test_a_ray_sweep_records_what_a_serial_sweep_records(store, serial, cluster,
     assert_same_runs(result.records, serial)
     configs = (tmp_path / "ray" / "runs").glob("*/run_config.json")
     assert {json.loads(c.read_text())["threads"] for c in configs} == {1}  # one CPU per task
+
+
+class CountingSerial(Serial):
+    """The serial executor, noting how many runs each batch (greedy stage) had."""
+
+    def __init__(self) -> None:
+        super().__init__(fake_run, 1)
+        self.batches: list[int] = []
+
+    def run(self, jobs):
+        self.batches.append(len(jobs))
+        yield from super().run(jobs)
+
+
+def test_a_greedy_ray_sweep_runs_its_stages_in_order_and_chooses_as_a_serial_one(cluster, tmp_path):
+    """Each stage's runs go to the cluster together; the next stage is sent only when they are
+    all recorded: results.jsonl holds the same batches, in the same order, as a serial sweep."""
+    space = SweepSpace(distance=("ce", "mse"), temperature=(1.0, 2.0, 4.0), student_temperature=("teacher", "1"),
+                       alpha=(0.5, 0.9), teacher=("ths", "tll"), layers=(2,), seeds=(0, 1))
+    cfg = SweepConfig("fake.zarr", str(tmp_path / "ray"), "greedy", space, None, ray=cluster)
+    ray_outcome = run_sweep(cfg, run_fn=fake_run, check_store=False).outcomes[0]
+    serial = CountingSerial()
+    (tmp_path / "serial").mkdir()
+    outcome = greedy(space, 2, Runner(tmp_path / "serial", cfg.template, space.seeds, serial).run_points)
+    assert ray_outcome.to_dict() == outcome.to_dict()
+    want = [json.loads(x)["key"] for x in (tmp_path / "serial" / RESULTS).read_text().splitlines()]
+    got = [json.loads(x)["key"] for x in (tmp_path / "ray" / RESULTS).read_text().splitlines()]
+    assert len(got) == len(want) == sum(serial.batches) and len([n for n in serial.batches if n]) == 6
+    start = 0
+    for n in serial.batches:  # baselines, then one batch per stage of GREEDY_ORDER
+        assert set(got[start:start + n]) == set(want[start:start + n])
+        start += n
 
 
 def test_a_dying_worker_is_retried_once_and_one_that_always_dies_is_recorded_failed(store, serial, cluster,
