@@ -114,3 +114,4 @@ def test_info_shows_ths_vs_tll_and_reads_an_old_store_without_calibration(tmp_pa
     line = next(x for x in out.splitlines() if x.startswith("│") and x.lstrip("│ ").startswith("ths "))
     cells = [c.strip() for c in line.strip().split("│")[1:-1]]
     assert cells[:4] == ["ths", "checkpoint-1", "0.5000", "accuracy 0.9000"] and cells[4:] == ["", ""]
+
