@@ -66,6 +66,7 @@ class BuildConfig:
     top_k: int = 50  # causal-lm: kept ids per token, and the temperatures whose log-sum-exp is stored
     temperatures: tuple[float, ...] = (1.0,)
     logp_step: float = 0.125  # causal-lm: quantisation step (nats) of the stored log-probabilities
+    transfer: str | None = None  # unlabelled texts: the `transfer` split (logitstore/transfer.py)
     data_config: DataConfig = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -160,6 +161,11 @@ def _build_store(cfg: BuildConfig) -> BuildResult:
         splits, hashes = {}, {}
         for name, ds in raw.items():
             splits[name], hashes[name] = tokenize_split(name, ds, tokenizer, cfg.data_config, label_map, input_names)
+        if cfg.transfer is not None:  # issue 14: unlabelled texts, the teacher's logits their only target
+            from logitstore.transfer import TRANSFER_SPLIT, tokenize_transfer
+
+            splits[TRANSFER_SPLIT], hashes[TRANSFER_SPLIT] = tokenize_transfer(
+                cfg.transfer, cfg.data_config, tokenizer, label_map, input_names, list(raw))
     for warning in filter(None, (truncation_warning(s, cfg.max_length) for s in splits.values())):
         console.print(f"[yellow]warning[/]: {warning}")
     meta = StoreMeta(

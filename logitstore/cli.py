@@ -38,6 +38,10 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    help="CSV/JSON/JSONL/parquet file, a folder of split files (train.csv, validation.csv, ...), "
                         "a datasets save_to_disk folder, or a hub dataset name where a hub is reachable; "
                         "NER: also CoNLL two-column .conll/.txt files; QA: also SQuAD .json files")
+    b.add_argument("--transfer", default=None, metavar="FILE_OR_FOLDER",
+                   help="unlabelled texts (CSV/JSON/JSONL/parquet with the --data text columns; a label column is "
+                        "ignored) written as a split named transfer with the teacher's logits and no labels, for "
+                        "`students train --transfer` (sequence classification)")
     b.add_argument("--task", default=None, choices=[*ALIASES, *TASKS],
                    help="classification (one label per example), ner (BIO tag per word: per-token logits) or "
                         "qa (extractive: start/end logits per token) or causal-lm (packed text: top-k per token); default: what the teacher's "
@@ -164,7 +168,7 @@ def _run(args: argparse.Namespace) -> int:
             max_length=args.max_length, encoding=args.dtype, chunk_rows=args.chunk_rows,
             token_budget=args.token_budget, provider=args.provider, threads=args.threads, metric=args.metric,
             task=args.task, stride=args.stride, top_k=args.top_k, temperatures=_floats(args.temperatures),
-            logp_step=args.logp_step,
+            logp_step=args.logp_step, transfer=args.transfer,
         )
         result = build_store(cfg)
         print_info(result.store)

@@ -215,6 +215,7 @@ class TrainConfig:
     threads: int | None = None
     tail: str = "bucket"  # causal-LM stores: the teacher's mass outside its top-k (students/sparse_loss.py)
     beta: float = 0.5  # causal-LM stores: beta of the generalized JSD
+    transfer: bool = False  # also train on the store's unlabelled transfer split (students/transfer.py)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
