@@ -30,6 +30,7 @@ from logitstore.progress import Progress, console
 from logitstore.scoring import scored
 from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, TOKENIZER_FILES, LogitStore, SplitData
 from logitstore.tasks import Task, get_task, task_of_architecture, task_of_folders
+from logitstore.transfer import with_transfer
 from logitstore.writer import StoreWriter
 
 
@@ -159,13 +160,8 @@ def _build_store(cfg: BuildConfig) -> BuildResult:
         label_names, label_map = task.resolve_labels(raw, cfg.label_column, names)
         input_names = _input_names(model_cfg, tokenizer)
         splits, hashes = {}, {}
-        for name, ds in raw.items():
+        for name, ds in with_transfer(raw, cfg.transfer, cfg.data_config).items():  # + unlabelled texts (issue 14)
             splits[name], hashes[name] = tokenize_split(name, ds, tokenizer, cfg.data_config, label_map, input_names)
-        if cfg.transfer is not None:  # issue 14: unlabelled texts, the teacher's logits their only target
-            from logitstore.transfer import TRANSFER_SPLIT, tokenize_transfer
-
-            splits[TRANSFER_SPLIT], hashes[TRANSFER_SPLIT] = tokenize_transfer(
-                cfg.transfer, cfg.data_config, tokenizer, label_map, input_names, list(raw))
     for warning in filter(None, (truncation_warning(s, cfg.max_length) for s in splits.values())):
         console.print(f"[yellow]warning[/]: {warning}")
     meta = StoreMeta(

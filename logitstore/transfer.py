@@ -26,6 +26,10 @@ from logitstore.tasks import IGNORE
 
 #: The split name of the unlabelled transfer data in a store.
 TRANSFER_SPLIT = "transfer"
+#: `logitstore build --transfer` help.
+TRANSFER_HELP = ("unlabelled texts (CSV/JSON/JSONL/parquet with the --data text columns; a label column is ignored) "
+                 "written as a split named transfer with the teacher's logits and no labels, for `students train "
+                 "--transfer` (sequence classification)")
 
 
 def supports_transfer(task: Any) -> bool:
@@ -66,17 +70,24 @@ def _columns(ds: Any, cfg: Any, path: Path) -> list[str]:
     return list(cfg.text_columns)
 
 
-def tokenize_transfer(source: str | Path, cfg: Any, tokenizer: Any, label_map: dict[Any, int],
-                      input_names: Sequence[str], split_names: Sequence[str]) -> tuple[SplitData, str]:
-    """The transfer split, tokenized like the labelled ones (the task's ``tokenize``, the same
-    tokenizer and DataConfig), its labels all IGNORE; and its content sha256. ``split_names``:
-    the labelled splits (a ``transfer`` among them is refused). Raises DataError."""
+def with_transfer(raw: dict[str, Any], source: str | Path | None, cfg: Any) -> dict[str, Any]:
+    """The build's splits ``raw`` (label names already resolved from them) and, when ``source``
+    is given, the transfer texts read from it last. Raises DataError for a task without
+    transfer support, a ``transfer`` split already in ``raw``, or unreadable texts."""
+    if source is None:
+        return raw
     if not supports_transfer(cfg.task):
         raise DataError(f"--transfer works for sequence-classification stores only (this is {cfg.task.name}); "
                         "drop --transfer")
-    if TRANSFER_SPLIT in split_names:
+    if TRANSFER_SPLIT in raw:
         raise DataError(f"--data already has a split named {TRANSFER_SPLIT!r}; rename it or drop --transfer")
-    ds = read_transfer(source, cfg)
+    return {**raw, TRANSFER_SPLIT: read_transfer(source, cfg)}
+
+
+def tokenize_transfer(ds: Any, tokenizer: Any, cfg: Any, label_map: dict[Any, int],
+                      input_names: Sequence[str]) -> tuple[SplitData, str]:
+    """The transfer split, tokenized like the labelled ones (the task's ``tokenize``, the same
+    tokenizer and DataConfig), its labels all IGNORE; and its content sha256."""
     placeholder = next(iter(label_map))  # any valid label: the task's tokenize needs one; replaced below
     ds = ds.add_column(cfg.label_column, [placeholder] * len(ds))
     data, sha = cfg.task.tokenize(TRANSFER_SPLIT, ds, tokenizer, cfg, label_map, input_names)

@@ -37,6 +37,7 @@ from students.errors import ConfigError, StoreContentError
 from students.loss import task_loss
 from students.model import StudentInit, build_student, forward_kwargs
 from students.teacher import CachedTeacher, Teacher, online_teacher
+from students.transfer import transfer_loss, with_transfer
 
 TRAIN_SPLIT = "train"
 TEST_SPLIT = "test"
@@ -258,10 +259,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     if is_lm_store(config.store):
         return train_lm(config, console)
     run = _prepare(config, console)
-    if config.transfer:  # issue 14: train + the unlabelled transfer split (students/transfer.py)
-        from students.transfer import with_transfer
-
-        run = with_transfer(run, config)
+    run = with_transfer(run, config) if config.transfer else run  # + the unlabelled transfer split (issue 14)
     loss_cfg, student, name = config.loss, run.student, run.ckpt.name if run.ckpt else None
     steps_per_epoch = len(run.train_batches)
     total_steps = config.optim.total_steps(steps_per_epoch)
@@ -359,9 +357,7 @@ def _train_step(student: torch.nn.Module, teacher: Teacher | None, batch: Batch,
     """One optimizer step on ``batch``; returns (loss, ce, kd) as floats (nan for a part not computed)."""
     z_s = task.model_logits(student(**forward_kwargs(student, batch)))  # (B, C), or (B, T, C)
     z_t = teacher.logits(batch) if teacher is not None else None  # same shape as z_s
-    loss_fn = task_loss
-    if config.transfer:
-        from students.transfer import transfer_loss as loss_fn  # transfer rows: KD term only
+    loss_fn = transfer_loss if config.transfer else task_loss  # transfer rows: KD term only (issue 14)
     out, _ = loss_fn(task, z_s, batch.labels, z_t, loss_cfg, batch.attention_mask, use_labels=config.alpha < 1)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
