@@ -135,3 +135,24 @@ def test_a_store_without_transfer_refuses_students_train_transfer(stores, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert_one_line_error(code, err[0], "has no transfer split", "--transfer")
+
+
+def test_a_token_task_build_refuses_transfer_in_one_line(_env, tmp_path, capsys, transfer_file):
+    from conftest import make_token_teacher, run_cli, write_ner_splits
+
+    teacher = make_token_teacher(tmp_path / "ner-teacher", seed=0)
+    data = write_ner_splits(tmp_path / "ner", {"train": 20, "validation": 10})
+    code, line = run_cli(capsys, "build", "--teacher", str(teacher), "--data", str(data), "--out",
+                         str(tmp_path / "ner.zarr"), "--transfer", str(transfer_file))
+    assert_one_line_error(code, line, "--transfer works for sequence-classification stores only",
+                          "token-classification")
+
+
+def test_transfer_texts_without_the_text_column_are_refused(stores, tiny_teachers, tiny_data, tmp_path, capsys):
+    from conftest import run_cli
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("review\nsome words\n")
+    code, line = run_cli(capsys, "build", "--teacher", str(tiny_teachers), "--data", str(tiny_data), "--out",
+                         str(tmp_path / "s.zarr"), "--transfer", str(bad))
+    assert_one_line_error(code, line, "has no column 'text'", "review")
