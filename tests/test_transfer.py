@@ -156,3 +156,17 @@ def test_transfer_texts_without_the_text_column_are_refused(stores, tiny_teacher
     code, line = run_cli(capsys, "build", "--teacher", str(tiny_teachers), "--data", str(tiny_data), "--out",
                          str(tmp_path / "s.zarr"), "--transfer", str(bad))
     assert_one_line_error(code, line, "has no column 'text'", "review")
+
+
+def test_logitstore_splits_exports_the_labelled_splits_only(_env, tmp_path, tiny_teachers, tiny_data, transfer_file):
+    """A store of token ids built from one --data file plus --transfer: `logitstore splits`
+    writes the splits made from that file; transfer rows are not rows of it."""
+    from logitstore.splits import export_splits
+
+    store = tmp_path / "ids.zarr"
+    build_store(BuildConfig(teachers=(), tokenizer=tiny_teachers / "checkpoint-10", data=str(tiny_data / "train.csv"),
+                            out=store, transfer=str(transfer_file)))
+    assert open_store(store).split_meta(TRANSFER_SPLIT).rows == 50
+    written = export_splits(store, tmp_path / "out")
+    assert sorted(written) == ["test", "train", "validation"]
+    assert sum(rows for _, rows in written.values()) == 120  # every row of the one file, once
