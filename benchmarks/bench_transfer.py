@@ -10,9 +10,9 @@ fraction of train and the rest given to `logitstore build --transfer` as texts o
    (`students train --alpha 0 --layers 6 --save-checkpoints`, as scripts/demo.sh does);
 3. one store from its checkpoints with ``--transfer transfer.csv``;
 4. 1-layer students, each seed: no KD on the labelled rows; KD (tll, CE, tau_t 2, tau_s 1,
-   alpha 0.5) on the labelled rows for the same epochs; the same KD for as many steps as the
-   transfer run takes (more epochs over the labelled rows: is it the data or the steps?);
-   and KD with ``--transfer`` (train + transfer rows shuffled together).
+   alpha 0.5) on the labelled rows for the same epochs; KD with ``--transfer`` (train +
+   transfer rows shuffled together); and the same KD on the labelled rows for as many steps
+   as the transfer run takes (more epochs: is it the data or the steps?).
 Prints a markdown table (mean ± sample std over seeds, each seed's values, and the paired
 t-test of transfer against the step-matched run) and writes benchmarks/results/transfer.json.
 Everything goes under --work (default a folder in /tmp); finished stages are reused.
@@ -96,8 +96,8 @@ def runs(args: argparse.Namespace, store: Path) -> dict[str, dict]:
     matched = -(-n_all // 32) * args.student_epochs  # the transfer run's steps
     return {"no KD (labelled)": dict(alpha=0.0, epochs=args.student_epochs),
             "KD (labelled)": dict(kd, epochs=args.student_epochs),
-            f"KD (labelled, {matched} steps)": dict(kd, max_steps=matched),
-            f"KD + transfer ({n_all - n_train} rows)": dict(kd, epochs=args.student_epochs, transfer=True)}
+            f"KD + transfer ({n_all - n_train} rows)": dict(kd, epochs=args.student_epochs, transfer=True),
+            f"KD (labelled, {matched} steps)": dict(kd, max_steps=matched)}
 
 
 def student(store: Path, out: Path, seed: int, threads: int, **kw) -> dict:
@@ -154,7 +154,7 @@ def main() -> None:
         results[name] = {seed: student(store, args.work / "students" / f"c{i}-s{seed}", seed, args.threads, **kw)
                          for seed in seeds}
     names = list(results)
-    with_t, matched = results[names[3]], results[names[2]]
+    with_t, matched = results[names[2]], results[names[3]]
     test = paired_t_test([with_t[s]["test_accuracy"] for s in seeds], [matched[s]["test_accuracy"] for s in seeds])
     rows = {k: s.split_meta(k).rows for k in s.split_names()}
     md = table(results, teacher)
