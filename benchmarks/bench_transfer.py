@@ -15,7 +15,7 @@ fraction of train and the rest given to `logitstore build --transfer` as texts o
    as the transfer run takes (more epochs: is it the data or the steps?).
 Prints a markdown table (mean ± sample std over seeds, each seed's values, and the paired
 t-test of transfer against the step-matched run) and writes benchmarks/results/transfer.json.
-Everything goes under --work (default a folder in /tmp); finished stages are reused.
+Everything goes under --work (default runs/bench-transfer); finished stages are reused.
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def main() -> None:
     p.add_argument("--no-matched", dest="matched", action="store_false",
                    help="skip the step-matched KD control (the longest runs)")
     p.add_argument("--cache", type=Path, default=Path(".cache/assets"))
-    p.add_argument("--work", type=Path, default=Path("/tmp/bench-transfer"))
+    p.add_argument("--work", type=Path, default=Path("runs/bench-transfer"))
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/transfer.json"))
     args = p.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -169,7 +169,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items() if k not in ("cache", "work")},
                                      "splits": rows, "teacher": teacher, "results": results, "times": times,
-                                     "transfer_vs_reference_test": test.verdict(), "table": md,
+                                     f"transfer_vs_{'matched' if args.matched else 'kd'}_test": test.verdict(), "table": md,
                                      "total_seconds": round(time.perf_counter() - t0)}, indent=2) + "\n")
 
 
