@@ -31,6 +31,7 @@ from logitstore.scoring import scored
 from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, TOKENIZER_FILES, LogitStore, SplitData
 from logitstore.tasks import Task, get_task, task_of_architecture, task_of_folders
 from logitstore.teacher import check_teacher, open_teacher
+from logitstore.transfer import with_transfer
 from logitstore.writer import StoreWriter
 
 
@@ -71,6 +72,7 @@ class BuildConfig:
     sample_temperature: float = 1.0
     sample_seed: int = 0
     runtime: str = "onnx"  # or "torch": the teacher runs in PyTorch (logitstore/torch_runtime.py)
+    transfer: str | None = None  # unlabelled texts: the `transfer` split (logitstore/transfer.py)
     data_config: DataConfig = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -167,7 +169,7 @@ def _build_store(cfg: BuildConfig) -> BuildResult:
         label_names, label_map = task.resolve_labels(raw, cfg.label_column, names)
         input_names = _input_names(model_cfg, tokenizer)
         splits, hashes = {}, {}
-        for name, ds in raw.items():
+        for name, ds in with_transfer(raw, cfg.transfer, cfg.data_config).items():  # + unlabelled texts (issue 14)
             splits[name], hashes[name] = tokenize_split(name, ds, tokenizer, cfg.data_config, label_map, input_names)
     for warning in filter(None, (truncation_warning(s, cfg.max_length) for s in splits.values())):
         console.print(f"[yellow]warning[/]: {warning}")

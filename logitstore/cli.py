@@ -14,6 +14,7 @@ from pathlib import Path
 from logitstore.errors import DataError, LogitStoreError, run_cli
 from logitstore.storage import location
 from logitstore.tasks import ALIASES, TASKS
+from logitstore.transfer import TRANSFER_HELP
 
 EPILOG = ("The ONNX export cache is $LOGITSTORE_CACHE (default ~/.cache/logitstore); `logitstore cache` lists "
           "and prunes it. A store may be a URL (s3://...: pip install 'logitstore[s3]'); credentials come from the "
@@ -38,6 +39,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    help="CSV/JSON/JSONL/parquet file, a folder of split files (train.csv, validation.csv, ...), "
                         "a datasets save_to_disk folder, or a hub dataset name where a hub is reachable; "
                         "NER: also CoNLL two-column .conll/.txt files; QA: also SQuAD .json files")
+    b.add_argument("--transfer", default=None, metavar="FILE_OR_FOLDER", help=TRANSFER_HELP)
     b.add_argument("--task", default=None, choices=[*ALIASES, *TASKS],
                    help="classification (one label per example), ner (BIO tag per word: per-token logits) or "
                         "qa (extractive: start/end logits per token) or causal-lm (packed text: top-k per token); default: what the teacher's "
@@ -179,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
             token_budget=args.token_budget, provider=args.provider, threads=args.threads, metric=args.metric,
             task=args.task, stride=args.stride, top_k=args.top_k, temperatures=_floats(args.temperatures),
             logp_step=args.logp_step, sample=args.sample, sample_temperature=args.sample_temperature,
-            sample_seed=args.sample_seed, runtime=args.runtime,
+            sample_seed=args.sample_seed, runtime=args.runtime, transfer=args.transfer,
         )
         result = build_store(cfg)
         print_info(result.store)

@@ -183,7 +183,12 @@ def truncation_warning(split: SplitData, max_length: int) -> str | None:
 def tokenize_split(name: str, ds: Any, tokenizer: Any, cfg: DataConfig, label_map: dict[Any, int],
                    input_names: Sequence[str]) -> tuple[SplitData, str]:
     """Tokenize one split into the store's ragged layout (the task's rule); returns it and
-    its content sha256 (texts, mapped labels and example ids: what the store depends on)."""
+    its content sha256 (texts, mapped labels and example ids: what the store depends on).
+    The unlabelled ``transfer`` split gets labels -100 (logitstore/transfer.py)."""
+    from logitstore.transfer import TRANSFER_SPLIT, tokenize_transfer
+
+    if name == TRANSFER_SPLIT:
+        return tokenize_transfer(ds, tokenizer, cfg, label_map, input_names)
     return cfg.task.tokenize(name, ds, tokenizer, cfg, label_map, input_names)
 
 

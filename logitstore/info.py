@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from logitstore.calibration import CALIBRATION_KEYS, ECE_BINS, picks_calibration
 from logitstore.checkpoints import step_of
 from logitstore.format import StoreMeta
 from logitstore.store import LogitStore, open_store
@@ -51,6 +53,12 @@ def print_info(path: Path | str, console: Console | None = None) -> LogitStore:
     scores = _scores_table(entries, [e.name for e in split_entries])
     if scores is not None:
         console.print(scores)
+    calib = _calibration_table(entries, [e.name for e in split_entries])
+    if calib is not None:
+        console.print(calib)
+    picks = _picks_table(store) if all(e.meta is not None for e in entries) else None
+    if picks is not None:
+        console.print(picks)
     for e in report.damaged:
         console.print(f"[red]damaged[/] {e.name if e.kind in ('root', 'tokenizer') else e.kind + ' ' + e.name}: "
                       f"{summary(e, limit=2)}")
@@ -111,12 +119,46 @@ def _scores_table(entries: list[Entry], splits: list[str]) -> Table | None:
     if not done:
         return None
     metrics = sorted({c.metric for c in done})
-    table = Table("checkpoint", *[f"{s} {what}" for s in splits for what in ("loss", *metrics)],
-                  title="loss and " + ", ".join(metrics) + " on every split (from the stored logits)")
+    splits = [s for s in splits if any(s in c.split_scores for c in done)]  # not transfer: it has no labels
+    return _split_table(done, splits, ("loss", *metrics),
+                        "loss and " + ", ".join(metrics) + " on every split (from the stored logits)")
+
+
+def _calibration_table(entries: list[Entry], splits: list[str]) -> Table | None:
+    """ECE and Brier of each checkpoint on every split; None when no checkpoint records them
+    (stores built before issue 14: their cells would all be blank)."""
+    done = [e.meta for e in entries if e.meta is not None and e.meta.split_scores]
+    keys = tuple(k for k in CALIBRATION_KEYS if any(k in v for c in done for v in c.split_scores.values()))
+    if not keys:
+        return None
+    splits = [s for s in splits if any(s in c.split_scores for c in done)]
+    return _split_table(done, splits, keys, f"calibration on every split (ECE over {ECE_BINS} equal-width bins, "
+                                            "Brier; lower is better)")
+
+
+def _split_table(done: list[Any], splits: list[str], cols: tuple[str, ...], title: str) -> Table:
+    table = Table("checkpoint", *[f"{s} {what}" for s in splits for what in cols], title=title)
     for c in done:
         cells = []
         for s in splits:
             got = c.split_scores.get(s, {})
-            cells += [f"{got[k]:.4f}" if k in got else "" for k in ("loss", *metrics)]
+            cells += [f"{got[k]:.4f}" if k in got else "" for k in cols]
         table.add_row(c.name, *cells)
+    return table
+
+
+def _picks_table(store: LogitStore) -> Table | None:
+    """ths against tll on validation: loss, score, ECE and Brier side by side (the study ties
+    tll to better probability estimates); None without a complete checkpoint. Blank cells:
+    a store built before calibration was recorded."""
+    rows = picks_calibration(store)
+    if not rows:
+        return None
+    fmt = lambda x: "" if x is None else f"{x:.4f}"  # noqa: E731
+    table = Table("pick", "checkpoint", "val loss", "val score", f"val ECE ({ECE_BINS} bins)", "val Brier",
+                  title="ths vs tll on validation (ECE, Brier: lower is better)")
+    for r in rows:
+        table.add_row(r["pick"], r["checkpoint"], fmt(r["val_loss"]),
+                      "" if r["val_score"] is None else f"{r['metric']} {r['val_score']:.4f}", fmt(r["ece"]),
+                      fmt(r["brier"]))
     return table

@@ -13,15 +13,16 @@ from typing import Any
 from logitstore.format import CheckpointMeta
 from logitstore.store import SplitData
 from logitstore.tasks import get_task
+from logitstore.transfer import labelled
 
 
 def scored(store: Any, meta: CheckpointMeta, splits: dict[str, SplitData]) -> CheckpointMeta:
     """``meta`` with ``split_scores`` ({split: {"loss": x, metric: y, ...}}) for every split in
-    ``splits`` (all hold gold labels), and ``val_loss``, ``val_score`` (``meta.metric``) and
+    ``splits`` but the unlabelled ``transfer`` split (logitstore/transfer.py), and ``val_loss``, ``val_score`` (``meta.metric``) and
     ``val_scores`` from the store's validation split. ``store``: an open LogitStore whose
     logits of ``meta.name`` are complete for those splits; raises StoreCorruptError otherwise."""
     task = get_task(store.meta.task)
-    names = list(splits) if task.scores_every_split else [store.meta.validation_split]
+    names = labelled(splits) if task.scores_every_split else [store.meta.validation_split]  # transfer: no labels
     scores = {name: task.checkpoint_scores(store, meta.name, splits[name]) for name in names}
     val = scores[store.meta.validation_split]
     return replace(meta, val_loss=val["loss"], val_score=val[meta.metric],

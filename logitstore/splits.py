@@ -20,6 +20,7 @@ import numpy as np
 from logitstore.errors import DataError
 from logitstore.store import open_store
 from logitstore.tasks import get_task
+from logitstore.transfer import labelled
 from logitstore.util import sha256_file
 
 FORMATS = ("csv", "jsonl")
@@ -60,7 +61,7 @@ def export_splits(store_path: Path, out: Path, fmt: str | None = None,
                             "use --format jsonl")
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name in store.split_names():
+    for name in labelled(store.split_names()):  # not transfer: its rows come from --transfer, not this file
         ids = _examples(store.read_split(name).example_ids)
         if len(ids) and int(ids.max()) >= len(ds):
             raise DataError(f"split {name!r} of store {store_path} names row {int(ids.max())} but {path} has "

@@ -57,6 +57,9 @@ OPTIONS = (
            "(tau_s = tau_t, Hinton et al.)", "distillation", True, choices=STUDENT_TEMPERATURES),
     Option("alpha", "weight of the distillation term; 0 = fine-tuning on labels only, 1 = no labels",
            "distillation", True),
+    Option("transfer", "also train on the store's unlabelled transfer split (`logitstore build --transfer`): "
+           "KD term only there (alpha 1), the usual mix on train rows, both shuffled together",
+           "distillation"),
     Option("teacher", "teacher checkpoint: ths = highest validation score, tll = lowest validation loss, or a "
            "checkpoint name from `logitstore info`", "distillation", True, metavar="ths|tll|NAME"),
     Option("online", "run the teacher on every step (PyTorch from its checkpoint folder, or its exported ONNX "

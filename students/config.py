@@ -218,6 +218,7 @@ class TrainConfig:
     tail: str = "bucket"  # causal-LM stores: the teacher's mass outside its top-k (students/sparse_loss.py)
     beta: float = 0.5  # causal-LM stores: beta of the generalized JSD
     patience: int | None = None  # stop after this many evaluations without improvement (students/early_stop.py)
+    transfer: bool = False  # also train on the store's unlabelled transfer split (students/transfer.py)
 
     def __post_init__(self) -> None:
         problems: list[str] = []

@@ -23,6 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from logitstore.calibration import ECE_BINS
 from students.config import TrainConfig
 from students.stats import LEVEL, PairedTest, paired_t_test
 from students.sweep import (MANIFEST, RESULTS, LayersOutcome, Point, PointStats, ResultsFileError, Reward,
@@ -52,6 +53,16 @@ class Row:
         """Seed -> metric on ``split`` ("val" or "test")."""
         return {r["seed"]: r[split] for r in self.records if r.get(split) is not None}
 
+    def calibration(self, key: str = "ece") -> tuple[str, list[float]]:
+        """("test" or "val", the ``key`` ("ece" or "brier") of each seed's best student there):
+        test when every run has a test evaluation holding it, else validation; an empty list
+        for runs recorded before calibration was (issue 14)."""
+        for split in ("test", "val"):
+            evals = [r.get(f"{split}_eval") or {} for r in self.records]
+            if evals and all(e.get(key) is not None for e in evals):
+                return split, [float(e[key]) for e in evals]
+        return "val", []
+
 
 @dataclass
 class SweepReport:
@@ -70,6 +81,8 @@ class SweepReport:
     teachers: dict[str, str] = field(default_factory=dict)
     teacher_scores: dict[str, tuple[float, str]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    #: ths and tll of the store side by side (logitstore.calibration.picks_calibration), [] when it does not open
+    teacher_picks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def rewards(self) -> list[Reward]:
@@ -184,7 +197,20 @@ def load_report(sweep_dir: str | os.PathLike[str]) -> SweepReport:
     used = sum(len(rs) for rs in groups.values())
     return SweepReport(d, manifest["strategy"], manifest["store"], metric, manifest["status"] == "complete",
                        _rows(groups, records, roles), outcomes, len(records) - used, teachers,
-                       _teacher_scores(manifest["store"], groups, teachers))
+                       _teacher_scores(manifest["store"], groups, teachers), teacher_picks=_teacher_picks(manifest["store"]))
+
+
+def _teacher_picks(store: str) -> list[dict[str, Any]]:
+    """ths and tll of the store with their validation loss, score, ECE and Brier; [] when the
+    store no longer opens (the report reads files; the store is only a reference)."""
+    from logitstore.calibration import picks_calibration
+    from logitstore.errors import LogitStoreError
+    from logitstore.store import open_store
+
+    try:
+        return picks_calibration(open_store(store))
+    except (LogitStoreError, OSError):
+        return []
 
 
 # ---------------------------------------------------------------------------- text
@@ -231,8 +257,34 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _row_cells(r: Row) -> list[str]:
     s = r.stats
+    split, eces = r.calibration("ece")
+    ece = _pm(*_mean_std(eces), len(eces)) + f" ({split})" if eces else "-"
     return [r.label(), ", ".join(r.roles), _pm(s.val_mean, s.val_std, s.n), _pm(s.test_mean, s.test_std, s.n),
-            str(s.n), f"{s.train_seconds:.1f}"]
+            ece, str(s.n), f"{s.train_seconds:.1f}"]
+
+
+def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+    import statistics
+
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def _picks_rows(report: SweepReport) -> tuple[list[str], list[list[str]]]:
+    """The teacher's ths and tll side by side: validation loss, score, ECE and Brier (header, rows)."""
+    f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    rows = [[p["pick"], p["checkpoint"], f(p["val_loss"]), f(p["val_score"]), f(p["ece"]), f(p["brier"])]
+            for p in report.teacher_picks]
+    return ["teacher pick", "checkpoint", "val loss", f"val {report.metric}", f"val ECE ({ECE_BINS} bins)",
+            "val Brier"], rows
+
+
+def _picks_md(report: SweepReport) -> list[str]:
+    if not report.teacher_picks:
+        return []
+    return [_md_table(*_picks_rows(report)), "", "ECE and Brier: lower is better; \"-\": a store built before they were "
+            "recorded.", ""]
 
 
 def _reward_cells(report: SweepReport, r: Reward) -> list[str]:
@@ -242,7 +294,8 @@ def _reward_cells(report: SweepReport, r: Reward) -> list[str]:
             "yes" if r.kept else "no"]
 
 
-HEAD = ["configuration", "role", "val {m} (mean ± std)", "test {m} (mean ± std)", "seeds", "train s"]
+HEAD = ["configuration", "role", "val {m} (mean ± std)", "test {m} (mean ± std)", "ECE (mean ± std)", "seeds",
+        "train s"]
 REWARD_HEAD = ["size", "parameter", "default -> alternative", "R (val)", "paired t-test over seeds (val)", "kept"]
 TESTS = (f"Each comparison is a paired t-test over seeds (both configurations trained with the same seeds; "
          f"two-sided; significant when p < {LEVEL:g}). It sees seed-to-seed variation only, not the sampling of the "
@@ -254,9 +307,11 @@ def markdown(report: SweepReport) -> str:
     m = report.metric
     parts = [f"# KD sweep: {report.strategy} search", "",
              f"Store `{report.store}`; metric {m}, best-by-validation student per run; "
-             f"mean ± sample std over seeds; train s = student-training seconds summed over seeds.", ""]
+             f"mean ± sample std over seeds; train s = student-training seconds summed over seeds; ECE of the best "
+             f"student over {ECE_BINS} equal-width bins on test (else validation), lower is better.", ""]
     parts += [f"Teacher {name}{f' ({picks})' if picks else ''}: validation {m} {score:.4f} (the dashed line in "
               "metrics.png)." for name, (score, picks) in report.teacher_scores.items()] + [""] * bool(report.teacher_scores)
+    parts += _picks_md(report)
     if not report.complete:
         parts += ["**The sweep is incomplete**: rerun the same `students sweep` command to resume it.", ""]
     lines = headlines(report)
@@ -285,6 +340,12 @@ def rich_tables(report: SweepReport, console: Console) -> None:
             t.add_column(h.format(m=m), justify="left" if i < 2 else "right")
         for r in rows:
             t.add_row(*_row_cells(r), style="bold" if r.roles else None)
+        console.print(t)
+    if report.teacher_picks:
+        head, rows = _picks_rows(report)
+        t = Table(*head, title="teacher: ths vs tll (ECE, Brier: lower is better)")
+        for row in rows:
+            t.add_row(*row)
         console.print(t)
     if report.rewards:
         t = Table(title="rewards (R = val metric with alternative - with default)")

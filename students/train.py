@@ -38,6 +38,7 @@ from students.errors import ConfigError, StoreContentError
 from students.loss import task_loss
 from students.model import StudentInit, build_student, forward_kwargs
 from students.teacher import CachedTeacher, Teacher, online_teacher
+from students.transfer import transfer_loss, with_transfer
 
 TRAIN_SPLIT = "train"
 TEST_SPLIT = "test"
@@ -262,6 +263,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
             raise ConfigError("--patience is not supported on causal-LM stores yet; leave it out", [])
         return train_lm(config, console)
     run = _prepare(config, console)
+    run = with_transfer(run, config) if config.transfer else run  # + the unlabelled transfer split (issue 14)
     loss_cfg, student = config.loss, run.student
     steps_per_epoch = len(run.train_batches)
     total_steps = config.optim.total_steps(steps_per_epoch)
@@ -377,7 +379,8 @@ def _train_step(student: torch.nn.Module, teacher: Teacher | None, batch: Batch,
     """One optimizer step on ``batch``; returns (loss, ce, kd) as floats (nan for a part not computed)."""
     z_s = task.model_logits(student(**forward_kwargs(student, batch)))  # (B, C), or (B, T, C)
     z_t = teacher.logits(batch) if teacher is not None else None  # same shape as z_s
-    out, _ = task_loss(task, z_s, batch.labels, z_t, loss_cfg, batch.attention_mask, use_labels=config.alpha < 1)
+    loss_fn = transfer_loss if config.transfer else task_loss  # transfer rows: KD term only (issue 14)
+    out, _ = loss_fn(task, z_s, batch.labels, z_t, loss_cfg, batch.attention_mask, use_labels=config.alpha < 1)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)

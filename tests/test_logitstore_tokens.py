@@ -269,7 +269,7 @@ def test_qa_build_windows_labels_logits_and_scores(qa_store, qa_teacher, qa_data
     logits = store.read_logits("qa-teacher", "validation")
     scores = get_task("question-answering").scores(logits, val, ["start", "end"])
     assert c.val_score == pytest.approx(scores["f1"]) and c.val_loss == pytest.approx(scores["loss"])
-    assert set(c.val_scores) == {"f1", "exact_match"} and 0 <= c.val_scores["exact_match"] <= c.val_score <= 1
+    assert set(c.val_scores) == {"f1", "exact_match", "ece", "brier"} and 0 <= c.val_scores["exact_match"] <= c.val_score <= 1
     ce = []  # per window: mean of the start and end cross-entropies over the window's tokens
     for r in range(len(val)):
         w = torch.from_numpy(logits[val.offsets[r]:val.offsets[r + 1]]).double().T  # (2, L)

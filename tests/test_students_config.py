@@ -24,7 +24,8 @@ EVERY_FIELD = dict(store="s.zarr", out="o", distance="mse", temperature=4, stude
 FIELDS = ["store", "out", "distance", "temperature", "student_temperature", "alpha", "teacher", "layers", "init",
           "epochs", "batch_size", "eval_batch_size", "lr", "schedule", "warmup_ratio", "weight_decay",
           "max_grad_norm", "seed", "max_steps", "eval_every", "device", "online", "memory_budget_mb", "loader",
-          "buffer_chunks", "group_by_length", "progress", "save_checkpoints", "threads", "tail", "beta", "patience"]
+          "buffer_chunks", "group_by_length", "progress", "save_checkpoints", "threads", "tail", "beta", "patience",
+          "transfer"]
 
 
 def test_run_keys_of_older_sweeps_stay_the_same():

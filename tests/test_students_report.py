@@ -111,6 +111,30 @@ def test_the_report_states_its_test_and_does_not_claim_the_spread(cli_sweep, one
     assert f"Teacher checkpoint-10 (ths, tll): validation accuracy {score:.4f}" in md
 
 
+def test_the_report_shows_student_ece_and_the_teachers_ths_vs_tll(cli_sweep, one_checkpoint_store):
+    """Calibration (issue 14): each configuration's ECE is the mean ± std over seeds of its
+    runs' test ECE (summary.json), and the teacher table holds the store's ths / tll."""
+    import statistics
+
+    from students.report import load_report
+
+    out, printed = cli_sweep
+    md = (out / "report.md").read_text()
+    report = load_report(out)
+    checked = 0
+    for row in (r for rows in report.rows.values() for r in rows):
+        eces = [json.loads((out / "runs" / rec["key"] / "summary.json").read_text())["test"]["ece"]
+                for rec in row.records if "same_run_as" not in rec]
+        if len(eces) == 2:
+            assert row.calibration("ece") == ("test", pytest.approx(eces))
+            assert f"{statistics.fmean(eces):.4f} ± {statistics.stdev(eces):.4f} (test)" in md
+            checked += 1
+    assert checked == 3  # Hinton, recommended, no KD
+    c = open_store(one_checkpoint_store).select("tll")
+    assert f"| tll | {c.name} | {c.val_loss:.4f} | {c.val_score:.4f} | {c.val_scores['ece']:.4f} |" in md
+    assert "ths vs tll" in printed
+
+
 def test_metrics_png_has_the_teacher_line(cli_sweep, one_checkpoint_store):
     from students.plots import metrics_figure
     from students.report import load_report

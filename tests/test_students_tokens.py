@@ -269,6 +269,8 @@ def test_saved_student_loads_and_reproduces_the_summary(task, ner_store, qa_stor
     scores = get_task(task).scores(_student_logits(model, store, val, task), val, store.meta.label_names)
     for name in get_task(task).metrics:  # f1 first, then the task's other metrics
         assert scores[name] == pytest.approx(summary["best_validation"][name], abs=1e-9), name
+    for name in ("ece", "brier"):  # calibration (issue 14) is in the summary, from the same logits
+        assert scores[name] == pytest.approx(summary["best_validation"][name], abs=1e-6), name
     assert scores["loss"] == pytest.approx(summary["best_validation"]["ce"], abs=1e-5)
     if task == "token-classification":  # the test split is scored by the same student
         test = store.read_split("test")

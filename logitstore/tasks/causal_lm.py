@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from logitstore.calibration import calibration_of_probs, ece
 from logitstore.errors import DataError, TeacherOutputError
 from logitstore.store import SplitData
 from logitstore.tasks.base import IGNORE, KDTerm, Task, content_sha256
@@ -254,24 +255,32 @@ class CausalLM(Task):
         return decode_topk(raw["ids"], raw["logp"], raw["lse"], float(store.meta.logp_step))
 
     def checkpoint_scores(self, store: Any, ckpt: str, split: SplitData) -> dict[str, float]:
-        """Mean next-token NLL (from the graph, exact) and top-1 accuracy over labelled tokens."""
+        """Mean next-token NLL (from the graph, exact), top-1 accuracy and ECE of the top-1
+        probability (exact: kept logit and the log-sum-exp at tau 1, when stored) over labelled
+        tokens. No Brier score: it needs every id's probability, and the store keeps the top k."""
         nll = store.read_entry(ckpt, split.name, ("nll",))["nll"]
         if not np.isfinite(nll).all():
             raise TeacherOutputError(f"checkpoint {ckpt} gave NaN or inf next-token losses on split {split.name!r}")
         top = self.read_topk(store, ckpt, split.name)
         top1 = top.ids[np.arange(len(top.ids)), np.argmax(top.rel, axis=1)]  # (T,) lowest id among ties
         m = split.labels != IGNORE
-        return {"loss": float(nll[m].mean()), "accuracy": float((top1[m] == split.labels[m]).mean())}
+        out = {"loss": float(nll[m].mean()), "accuracy": float((top1[m] == split.labels[m]).mean())}
+        if 1.0 in self.for_store(store.meta).temperatures:
+            col = self.for_store(store.meta).temperatures.index(1.0)
+            conf = np.exp(top.rel.max(axis=1) - top.lse[:, col])  # (T,) top-1 probability at tau 1
+            out["ece"] = ece(conf[m], top1[m] == split.labels[m])
+        return out
 
     # ------------------------------------------------------------------ scores of dense logits, KD
     def scores(self, logits: np.ndarray, split: SplitData, label_names: list[str]) -> dict[str, float]:
-        """Next-token CE and accuracy of dense logits (T, V) (a student's) over labelled tokens."""
+        """Next-token CE, accuracy, ECE and Brier of dense logits (T, V) (a student's) over labelled tokens."""
         m = split.labels != IGNORE
         z = logits[m].astype(np.float64)  # (N, V)
         y = split.labels[m]
         zmax = z.max(axis=1, keepdims=True)
         lse = np.log(np.exp(z - zmax).sum(axis=1)) + zmax[:, 0]
-        return {"loss": float((lse - z[np.arange(len(y)), y]).mean()), "accuracy": float((z.argmax(1) == y).mean())}
+        return {"loss": float((lse - z[np.arange(len(y)), y]).mean()), "accuracy": float((z.argmax(1) == y).mean()),
+                **calibration_of_probs(np.exp(z - lse[:, None]), y)}
 
     def kd_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor | None",
                  attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:

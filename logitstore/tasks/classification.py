@@ -3,7 +3,8 @@
 Reads a text column (or two: a text pair) and a label column. Labels resolve against the
 teacher's id2label (or ``--labels``): real names must contain every string label; generic
 names (LABEL_0...) take the data's sorted string labels or integer ids in [0, C).
-Scores: mean cross-entropy over rows (the validation loss), accuracy and macro-F1.
+Scores: mean cross-entropy over rows (the validation loss), accuracy and macro-F1; ECE and
+Brier per example (lower is better, not task metrics).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from logitstore.calibration import calibration
 from logitstore.errors import DataError
 from logitstore.metrics import accuracy, cross_entropy, macro_f1
 from logitstore.store import SplitData, ragged
@@ -93,10 +95,11 @@ class SequenceClassification(Task):
         return SplitData(name, flat, offsets, labels, example_ids, tt, truncated_rows=cut), sha
 
     def scores(self, logits: np.ndarray, split: SplitData, label_names: list[str]) -> dict[str, float]:
-        """Mean CE over rows; accuracy, macro-F1. ``logits`` (R, C), labels (R,)."""
+        """Mean CE over rows; accuracy, macro-F1; ECE and Brier per example (logitstore/calibration.py).
+        ``logits`` (R, C), labels (R,)."""
         pred = logits.argmax(axis=-1)  # (R,)
         return {"loss": cross_entropy(logits, split.labels), "accuracy": accuracy(pred, split.labels),
-                "macro_f1": macro_f1(pred, split.labels, logits.shape[-1])}
+                "macro_f1": macro_f1(pred, split.labels, logits.shape[-1]), **calibration(logits, split.labels)}
 
     def kd_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor | None",
                  attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:

@@ -4,7 +4,8 @@ Reads a column of word lists and one of BIO tag lists (or CoNLL two-column ``.co
 ``.txt`` files). Labels follow the first-sub-token rule: the first token of each word
 carries the word's tag id; later sub-tokens and special tokens carry -100 (IGNORE).
 Scores: mean CE over labelled tokens (the validation loss), entity-level precision,
-recall and F1 (conlleval / seqeval's default lenient rules) and token accuracy. The KD
+recall and F1 (conlleval / seqeval's default lenient rules), token accuracy, and ECE and
+Brier per labelled token. The KD
 loss covers the labelled tokens only. The BIO helpers here need no torch.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from logitstore.calibration import calibration
 from logitstore.errors import DataError
 from logitstore.metrics import accuracy, cross_entropy
 from logitstore.store import SplitData, ragged
@@ -247,7 +249,8 @@ class TokenClassification(Task):
         return SplitData(name, flat, offsets, flat_labels, example_ids, truncated_rows=cut), sha
 
     def scores(self, logits: np.ndarray, split: SplitData, label_names: list[str]) -> dict[str, float]:
-        """Over the labelled tokens of ``logits`` (T, C): mean CE, entity scores, accuracy."""
+        """Over the labelled tokens of ``logits`` (T, C): mean CE, entity scores, accuracy, and
+        ECE and Brier per labelled token."""
         labels = split.labels  # (T,)
         mask = labels != IGNORE  # (T,)
         pred = logits.argmax(axis=-1)  # (T,)
@@ -257,7 +260,7 @@ class TokenClassification(Task):
             gold_seqs.append([label_names[x] for x in labels[a:b][m]])
             pred_seqs.append([label_names[x] for x in pred[a:b][m]])
         return {"loss": cross_entropy(logits[mask], labels[mask]), **entity_scores(gold_seqs, pred_seqs),
-                "accuracy": accuracy(pred[mask], labels[mask])}
+                "accuracy": accuracy(pred[mask], labels[mask]), **calibration(logits[mask], labels[mask])}
 
     def kd_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor | None",
                  attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:

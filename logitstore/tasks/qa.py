@@ -7,7 +7,8 @@ each window is a store row whose label is the (start, end) token of the first an
 (0, 0) (the [CLS] position) when the answer is not wholly inside it. The store keeps
 start and end logits per token, (T, 2). Scores: mean over windows of (CE(start) +
 CE(end)) / 2, each a softmax over the window's tokens (the validation loss); exact match
-and F1 (SQuAD v1.1 rules) of the best span of each question over all its windows. The
+and F1 (SQuAD v1.1 rules) of the best span of each question over all its windows; ECE and
+Brier over every window's start and end distributions pooled. The
 helpers need no torch.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from logitstore.calibration import pooled
 from logitstore.errors import DataError
 from logitstore.metrics import log_softmax
 from logitstore.store import SplitData, ragged
@@ -370,17 +372,21 @@ class QuestionAnswering(Task):
         return torch.stack([output.start_logits, output.end_logits], dim=-1)  # (B, T, 2)
 
     def scores(self, logits: np.ndarray, split: SplitData, label_names: list[str]) -> dict[str, float]:
+        """Mean over windows of (CE(start) + CE(end)) / 2; SQuAD EM and F1 of the best spans;
+        ECE and Brier over the 2R start and end distributions pooled (logitstore/calibration.py)."""
         starts, ends, ce = [], [], 0.0
+        dists: list[tuple[np.ndarray, int]] = []
         for r, (a, b) in enumerate(zip(split.offsets[:-1], split.offsets[1:])):
             win = logits[a:b]  # (L, 2)
             ls = log_softmax(win.T)  # (2, L): start and end distributions over the window's tokens
             ce -= (ls[0, split.labels[r, 0]] + ls[1, split.labels[r, 1]]) / 2
+            dists += [(ls[0], int(split.labels[r, 0])), (ls[1], int(split.labels[r, 1]))]
             starts.append(win[:, 0])
             ends.append(win[:, 1])
         windows = Windows(split.input_ids, split.offsets, split.token_type_ids, split.offset_mapping,
                           split.window_of, split.labels)
         preds = best_spans(starts, ends, windows, split.contexts)
-        return {"loss": float(ce / len(split)), **squad_scores(preds, split.answers)}
+        return {"loss": float(ce / len(split)), **squad_scores(preds, split.answers), **pooled(dists)}
 
     def kd_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor | None",
                  attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:

@@ -22,7 +22,8 @@ from students.config import TrainConfig
 RUNS_DIR = "runs"
 # TrainConfig fields that name where a run lives, how it prints or how fast it runs, not what it computes.
 NOT_IN_KEY = ("store", "out", "progress", "threads")
-_ADDED_OPTIONS = {"group_by_length": False, "tail": "bucket", "beta": 0.5, "patience": None}  # TrainConfig fields newer than the key format, and their defaults
+_ADDED_OPTIONS = {"group_by_length": False, "tail": "bucket", "beta": 0.5, "patience": None,
+                  "transfer": False}  # TrainConfig fields newer than the key format, and their defaults
 
 
 @dataclass(frozen=True)

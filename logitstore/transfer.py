@@ -1,0 +1,99 @@
+"""The ``transfer`` split (issue 14): unlabelled texts the teacher labels with its logits.
+
+`logitstore build --data ... --transfer FILE_OR_FOLDER` reads more texts (the same text
+columns, the same tokenizer and ``--max-length`` as the labelled splits), tokenizes them
+into a split named ``transfer`` and runs every teacher checkpoint over it. The split holds
+no labels: its ``labels`` array is all -100 (IGNORE, the project's "no label" value), any
+label column in the files is dropped unread, and nothing that needs labels uses it (no
+split_scores, validation loss, score or calibration; ths / tll never look at it). Students
+train on it with `students train --transfer` (students/transfer.py).
+
+Sequence classification only: a token task's transfer rows would need the word boundaries
+its labels mark (NER: the first sub-token of each word; QA: answer windows).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from logitstore.errors import DataError
+from logitstore.store import SplitData
+from logitstore.tasks import IGNORE
+
+#: The split name of the unlabelled transfer data in a store.
+TRANSFER_SPLIT = "transfer"
+#: `logitstore build --transfer` help.
+TRANSFER_HELP = ("unlabelled texts (CSV/JSON/JSONL/parquet with the --data text columns; a label column is ignored) "
+                 "written as a split named transfer with the teacher's logits and no labels, for `students train "
+                 "--transfer` (sequence classification)")
+
+
+def supports_transfer(task: Any) -> bool:
+    """Whether a store of ``task`` can hold a transfer split (one label per row)."""
+    return task.layout == "row"
+
+
+def read_transfer(source: str | Path, cfg: Any) -> Any:
+    """The transfer texts as one ``datasets.Dataset``: a .csv/.json/.jsonl/.parquet file, or
+    every such file of a folder (concatenated in name order), with ``__example_id`` = row
+    number; raises DataError for a missing path, no files, a missing text column or no rows."""
+    import datasets
+
+    from logitstore.data import read_source
+
+    src = Path(source)
+    if src.is_dir():
+        files = sorted(f for f in src.iterdir() if f.suffix in (".csv", ".json", ".jsonl", ".parquet"))
+        if not files:
+            raise DataError(f"--transfer {src} holds no .csv/.json/.jsonl/.parquet files; point it at one")
+        parts = [read_source(f, cfg.task) for f in files]
+        ds = datasets.concatenate_datasets([p.select_columns(_columns(p, cfg, f)) for p, f in zip(parts, files)])
+    elif src.is_file():
+        ds = read_source(src, cfg.task)
+        ds = ds.select_columns(_columns(ds, cfg, src))
+    else:
+        raise DataError(f"--transfer {src} does not exist; pass a file or a folder of unlabelled texts")
+    if len(ds) == 0:
+        raise DataError(f"--transfer {src} holds no rows; add texts or drop --transfer")
+    return ds.add_column("__example_id", list(range(len(ds))))
+
+
+def _columns(ds: Any, cfg: Any, path: Path) -> list[str]:
+    missing = [c for c in cfg.text_columns if c not in ds.column_names]
+    if missing:
+        raise DataError(f"--transfer file {path} has no column {', '.join(map(repr, missing))} (columns: "
+                        f"{', '.join(ds.column_names)}); give it the text columns of --data")
+    return list(cfg.text_columns)
+
+
+def with_transfer(raw: dict[str, Any], source: str | Path | None, cfg: Any) -> dict[str, Any]:
+    """The build's splits ``raw`` (label names already resolved from them) and, when ``source``
+    is given, the transfer texts read from it last. Raises DataError for a task without
+    transfer support, a ``transfer`` split already in ``raw``, or unreadable texts."""
+    if source is None:
+        return raw
+    if not supports_transfer(cfg.task):
+        raise DataError(f"--transfer works for sequence-classification stores only (this is {cfg.task.name}); "
+                        "drop --transfer")
+    if TRANSFER_SPLIT in raw:
+        raise DataError(f"--data already has a split named {TRANSFER_SPLIT!r}; rename it or drop --transfer")
+    return {**raw, TRANSFER_SPLIT: read_transfer(source, cfg)}
+
+
+def tokenize_transfer(ds: Any, tokenizer: Any, cfg: Any, label_map: dict[Any, int],
+                      input_names: Sequence[str]) -> tuple[SplitData, str]:
+    """The transfer split, tokenized like the labelled ones (the task's ``tokenize``, the same
+    tokenizer and DataConfig), its labels all IGNORE; and its content sha256."""
+    placeholder = next(iter(label_map))  # any valid label: the task's tokenize needs one; replaced below
+    ds = ds.add_column(cfg.label_column, [placeholder] * len(ds))
+    data, sha = cfg.task.tokenize(TRANSFER_SPLIT, ds, tokenizer, cfg, label_map, input_names)
+    return replace(data, labels=np.full(data.labels.shape, IGNORE, dtype=np.int64)), sha
+
+
+def labelled(names: Sequence[str]) -> list[str]:
+    """``names`` without the transfer split: the splits whose labels can be scored."""
+    return [n for n in names if n != TRANSFER_SPLIT]

@@ -1,0 +1,111 @@
+"""Training on train + transfer (issue 14): `students train --transfer`.
+
+The store's ``transfer`` split (logitstore/transfer.py) holds texts without labels and the
+teacher's logits on them. With ``--transfer`` the training rows are the train split's and
+the transfer split's together, in RAM: one permutation of all of them per epoch (seeded by
+``seed + epoch``, as for train alone), so every batch mixes both in proportion; an epoch
+is one pass over both, so it has (train + transfer rows) / batch size steps.
+
+The loss is a mean over the batch's rows of a per-row loss:
+
+* a train row: the usual mix, (1 - alpha) * CE(y, z_s) + alpha * tau_s**2 * D(z_t, z_s);
+* a transfer row: the KD term only, tau_s**2 * D(z_t, z_s) (alpha = 1 there: it has no y).
+
+So a batch of n_l train rows and n_u transfer rows costs
+(n_l * L_mix(train rows) + n_u * L_kd(transfer rows)) / (n_l + n_u), each part the
+project's one KD loss (students/loss.py) over its rows. The logged ``ce`` is over the train
+rows, ``kd`` over all rows. Evaluation (validation, test) is unchanged: transfer rows have
+no labels and count in no score.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from logitstore.store import LogitStore, SplitData
+from logitstore.tasks import IGNORE, Task
+from logitstore.transfer import TRANSFER_SPLIT, supports_transfer
+from students.config import KDLossConfig, LoaderConfig
+from students.data import SplitBatches
+from students.errors import StoreContentError
+from students.loss import KDLossOutput, task_loss
+from students.teacher import CachedTeacher
+
+
+def joined(a: SplitData, b: SplitData, name: str = "train+transfer") -> SplitData:
+    """Rows of ``a`` then rows of ``b`` as one split (row-layout stores: labels (R,))."""
+    types = None
+    if a.token_type_ids is not None or b.token_type_ids is not None:
+        zeros = lambda s: np.zeros(len(s.input_ids), np.int8)  # noqa: E731
+        types = np.concatenate([a.token_type_ids if a.token_type_ids is not None else zeros(a),
+                                b.token_type_ids if b.token_type_ids is not None else zeros(b)])
+    return SplitData(name, np.concatenate([a.input_ids, b.input_ids]),
+                     np.concatenate([a.offsets, b.offsets[1:] + a.offsets[-1]]),
+                     np.concatenate([a.labels, b.labels]), np.concatenate([a.example_ids, b.example_ids]), types)
+
+
+class JoinedBatches(SplitBatches):
+    """Shuffled batches over train + transfer rows with the teacher's logits, all in RAM."""
+
+    def __init__(self, store: LogitStore, train: SplitData, transfer: SplitData, checkpoint: str,
+                 cfg: LoaderConfig) -> None:
+        super().__init__(store, joined(train, transfer), None, replace(cfg, mode="ram"), shuffle=True,
+                         read_logits=False)
+        self.checkpoint, self.read_logits = checkpoint, True
+        self.train_rows = len(train)
+        self._logits = np.concatenate([store.read_logits(checkpoint, train.name),
+                                       store.read_logits(checkpoint, transfer.name)])  # (R_train + R_transfer, C)
+
+
+def check_transfer(store: LogitStore, checkpoint: str | None) -> None:
+    """Raise StoreContentError (one line) unless the store holds a complete transfer split with
+    the teacher's logits on it."""
+    from logitstore.tasks import get_task
+
+    if not supports_transfer(get_task(store.meta.task)):
+        raise StoreContentError(f"--transfer works for sequence-classification stores only; store {store.path} "
+                                f"holds {store.meta.task}: drop --transfer")
+    if TRANSFER_SPLIT not in store.split_names():
+        raise StoreContentError(f"store {store.path} has no transfer split; build it with `logitstore build ... "
+                                "--transfer FILE_OR_FOLDER` or drop --transfer")
+    meta = store.logits_meta(checkpoint, TRANSFER_SPLIT) if checkpoint is not None else None
+    if meta is None or not meta.complete:
+        raise StoreContentError(f"store {store.path} has no complete teacher logits of checkpoint {checkpoint} on "
+                                "its transfer split; rerun the build with that teacher or drop --transfer")
+
+
+def with_transfer(run: Any, config: Any) -> Any:
+    """The students.train ``_Run`` with its train batches over train + transfer and a teacher
+    reading the stored logits (transfer rows need them even at alpha 0)."""
+    ckpt = run.ckpt.name if run.ckpt is not None else None
+    check_transfer(run.store, ckpt)
+    assert ckpt is not None
+    batches = JoinedBatches(run.store, run.train_batches.split, run.store.read_split(TRANSFER_SPLIT), ckpt,
+                            config.loader_config(run.store.meta.pad_token_id))
+    return replace(run, train_batches=batches, train_teacher=run.train_teacher or CachedTeacher())
+
+
+def transfer_loss(task: Task, student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
+                  cfg: KDLossConfig, attention_mask: torch.Tensor, use_labels: bool = True
+                  ) -> tuple[KDLossOutput, int]:
+    """``task_loss`` with transfer rows (labels == IGNORE) at alpha = 1; the mean over rows of
+    the per-row loss (see the module docstring). ``student_logits``/``teacher_logits`` (B, C),
+    ``labels`` (B,). Returns the loss and B."""
+    if teacher_logits is None:
+        raise ValueError("transfer rows train on the teacher's logits only, so teacher logits are needed")
+    unl = labels == IGNORE  # (B,) transfer rows
+    parts: list[tuple[int, KDLossOutput]] = []
+    for rows, part_cfg, gold in ((~unl, cfg, use_labels), (unl, replace(cfg, alpha=1.0), False)):
+        n = int(rows.sum())
+        if n:
+            out, _ = task_loss(task, student_logits[rows], labels[rows], teacher_logits[rows], part_cfg,
+                               attention_mask[rows], use_labels=gold)
+            parts.append((n, out))
+    total = sum(n for n, _ in parts)
+    loss = sum(n * out.loss for n, out in parts) / total
+    kd = sum(n * out.kd for n, out in parts if out.kd is not None) / total
+    ce = parts[0][1].ce if (~unl).any() else None  # the train rows' gold CE (None: a batch of transfer rows only)
+    return KDLossOutput(loss, ce, kd), len(labels)
