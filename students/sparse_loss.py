@@ -172,3 +172,50 @@ def sparse_kd_loss(student_logits: torch.Tensor, labels: torch.Tensor | None, ta
     if kd is not None and cfg.alpha > 0.0:
         loss = loss + cfg.alpha * kd
     return loss, ce, kd
+
+
+def _chunk_sums(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor | None,
+                ids: torch.Tensor | None, rel: torch.Tensor | None, lse: torch.Tensor | None,
+                cfg: SparseLossConfig) -> torch.Tensor:
+    """(sum of CE, sum of D) over one chunk of n tokens: h (n, H) -> logits (n, V) -> (2,) float32."""
+    z = F.linear(h, weight, bias).float()  # (n, V): the only place the chunk's logits exist
+    ce = F.cross_entropy(z, labels, reduction="sum") if labels is not None else z.new_zeros(())
+    d = _per_token(z, ids, rel, lse, cfg).sum() if ids is not None else z.new_zeros(())
+    return torch.stack([ce, d])  # (2,)
+
+
+def chunked_kd_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor | None,
+                    targets: SparseTargets | None, cfg: SparseLossConfig
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``sparse_kd_loss(head(hidden), labels, targets, cfg)`` without the (N, V) logits.
+
+    ``hidden`` (N, H) are the student's final hidden states of the N selected tokens and
+    ``head`` its LM head (logits = hidden @ W.T + b). The logits are made ``cfg.chunk``
+    tokens at a time and each chunk's are recomputed in the backward pass (activation
+    checkpointing), so memory is O(chunk x V), not O(N x V); loss, ce, kd and the gradients
+    equal the unchunked ones (tested). Same None/ValueError rules as ``sparse_kd_loss``."""
+    if cfg.alpha < 1.0 and labels is None:
+        raise ValueError(f"alpha={cfg.alpha} < 1 weights the next-token cross-entropy, so labels are needed")
+    if cfg.alpha > 0.0 and targets is None:
+        raise ValueError(f"alpha={cfg.alpha} > 0 weights the distillation term, so teacher targets are needed")
+    if targets is not None and cfg.needs_lse and targets.lse is None:
+        raise ValueError("the bucket tail needs the teacher's log-sum-exp at tau_t; none was given")
+    n = len(hidden)
+    sums = hidden.new_zeros(2, dtype=torch.float32)  # (2,) CE sum, D sum
+    for a in range(0, n, cfg.chunk):
+        b = min(a + cfg.chunk, n)
+        cut = lambda t: None if t is None else t[a:b]  # noqa: E731
+        args = (hidden[a:b], head.weight, head.bias, cut(labels), cut(targets and targets.ids),
+                cut(targets and targets.rel), cut(targets and targets.lse))
+        if torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad):
+            sums = sums + checkpoint(_chunk_sums, *args, cfg, use_reentrant=False)
+        else:
+            sums = sums + _chunk_sums(*args, cfg)
+    ce = sums[0] / n if labels is not None and n else None
+    kd = cfg.tau_s**2 * sums[1] / max(n, 1) if targets is not None else None
+    loss = hidden.new_zeros((), dtype=torch.float32)
+    if ce is not None and cfg.alpha < 1.0:
+        loss = loss + (1.0 - cfg.alpha) * ce
+    if kd is not None and cfg.alpha > 0.0:
+        loss = loss + cfg.alpha * kd
+    return loss, ce, kd
