@@ -304,6 +304,9 @@ def _loop(run: _LMRun, config: TrainConfig, opt: Any, sched: Any, total: int, st
                     log.write(json.dumps({"step": step, "epoch": epoch + 1, **res.to_dict(),
                                           "train_loss": losses[-1]}) + "\n")
                     log.flush()
+                    if config.save_checkpoints:  # OUT/checkpoint-<step>: a teacher `logitstore build` reads
+                        run.student.save_pretrained(out / f"checkpoint-{step}")
+                        run.store.save_tokenizer(out / f"checkpoint-{step}")
                     if best is None or res.score("accuracy") > best[0]:
                         weights = {k: v.detach().clone() for k, v in run.student.state_dict().items()}
                         best = (res.score("accuracy"), step, res, weights)
