@@ -16,14 +16,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/lm}"
-EXAMPLES="${EXAMPLES:-250}"             # Rotten Tomatoes snippets (~25 tokens each), split 80/10/10
-MAX_LENGTH="${MAX_LENGTH:-32}"          # tokens per block
+EXAMPLES="${EXAMPLES:-200}"             # Rotten Tomatoes snippets (~25 tokens each), split 80/10/10
+MAX_LENGTH="${MAX_LENGTH:-24}"          # tokens per block
 TOP_K="${TOP_K:-50}"
-TEACHER_STEPS="${TEACHER_STEPS:-6}"     # the domain fine-tune: steps of TEACHER_BATCH blocks
+TEACHER_STEPS="${TEACHER_STEPS:-4}"     # the domain fine-tune: steps of TEACHER_BATCH blocks
 TEACHER_BATCH="${TEACHER_BATCH:-8}"
 TEACHER_LR="${TEACHER_LR:-1e-4}"
-STUDENT_LAYERS="${STUDENT_LAYERS:-2 4}"
-STUDENT_EPOCHS="${STUDENT_EPOCHS:-1}"
+STUDENT_LAYERS="${STUDENT_LAYERS:-4}"
+STUDENT_EPOCHS="${STUDENT_EPOCHS:-2}"
 STUDENT_LR="${STUDENT_LR:-5e-4}"
 BATCH="${BATCH:-16}"
 SWEEP_LAYERS="${SWEEP_LAYERS:-2}"

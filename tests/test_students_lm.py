@@ -80,6 +80,8 @@ def test_sparse_distances_are_refused_on_dense_stores(tiny_teachers, tiny_data, 
     build_store(BuildConfig(teachers=(tiny_teachers / "checkpoint-10",), data=str(tiny_data), out=out, threads=1))
     with pytest.raises(ConfigError, match="causal-LM stores only"):
         train(_cfg(out, tmp_path / "s", distance="rkl", max_steps=1))
+    with pytest.raises(ConfigError, match="causal-LM stores only"):
+        train(_cfg(out, tmp_path / "t", tail="renormalize", max_steps=1))
 
 
 def test_a_grid_sweep_runs_on_a_causal_lm_store(lm_store, tmp_path):
