@@ -1,8 +1,9 @@
 """Causal-LM students (issue 12): cached vs online teacher, training steps/s, side by side.
 
 For each student size and each way of producing a step's loss, in one run and interleaved
-(the machines here are shared and noisy), train ``--steps`` steps and time them (evaluation
-and start-up excluded: TrainResult.train_seconds):
+(the machines here are shared and noisy), run ``--steps`` training steps of `students train`
+(students/lm.py: the run prepared by ``_prepare_lm``, then ``_step``, the function the
+trainer calls) and time them; start-up, model loading and evaluation are not timed:
 
   plain        next-token CE only (alpha 0, no teacher)
   cached       KD from the store's sparse top-k targets (alpha 0.5, forward KL, bucket tail, tau 2)
@@ -14,7 +15,7 @@ The store is an existing causal-LM store (``--store``, e.g. the demo's runs/lm/l
 `bash scripts/demo.sh --task causal-lm`), or one built here from SmolLM2-135M-Instruct on
 ``--examples`` Rotten Tomatoes snippets. Prints a markdown table and writes it to --report.
 
-    python benchmarks/bench_lm_students.py --store runs/lm/lm.zarr --steps 8 --rounds 2 --layers 2
+    python benchmarks/bench_lm_students.py --store runs/lm/lm.zarr --steps 4 --rounds 2 --layers 2
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -34,7 +36,10 @@ from demo.assets import ASSETS, fetch, smollm2_checkpoint  # noqa: E402
 from demo.splits import rotten_tomatoes_splits  # noqa: E402
 from logitstore import open_store  # noqa: E402
 from logitstore.build import BuildConfig, build_store  # noqa: E402
-from students.train import TrainConfig, train  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from students.lm import _prepare_lm, _step  # noqa: E402
+from students.train import TrainConfig, _optimizer  # noqa: E402
 
 MODES = {  # name -> (alpha, online)
     "plain": (0.0, None),
@@ -54,6 +59,17 @@ def _store(args: argparse.Namespace, tmp: Path) -> Path:
     build_store(BuildConfig(teachers=(smollm2_checkpoint(cache),), data=str(data), out=out, task="causal-lm",
                             top_k=50, temperatures=(1.0, 2.0), max_length=args.max_length))
     return out
+
+
+def _steps_per_s(config: TrainConfig) -> float:
+    """Training steps per second of ``config.max_steps`` steps of a causal-LM run."""
+    run = _prepare_lm(config, Console(quiet=True))
+    opt, sched = _optimizer(run.student, config.optim, config.max_steps)
+    batches = iter(run.train_batches.epoch(0))
+    started = time.perf_counter()
+    for _ in range(config.max_steps):
+        _step(run, next(batches).to(run.device), config, opt, sched)
+    return config.max_steps / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -76,14 +92,14 @@ def main() -> None:
     common = dict(store=str(store), max_steps=args.steps, batch_size=args.batch_size, eval_batch_size=32,
                   temperature=2.0, distance="ce", tail="bucket", teacher="tll", warmup_ratio=0.0, device="cpu",
                   progress=False)
-    train(TrainConfig(out=str(tmp / "warm-up"), layers=layers[0], **{**common, "max_steps": 2}))  # untimed
+    _steps_per_s(TrainConfig(out=str(tmp / "warm-up"), layers=layers[0], **{**common, "max_steps": 2}))  # untimed
     rates: dict[tuple[int, str], list[float]] = {}
     for r in range(args.rounds):
         for k in layers:
             for mode, (alpha, online) in MODES.items():
-                res = train(TrainConfig(out=str(tmp / f"run-{k}-{mode}"), alpha=alpha, online=online, layers=k,
-                                        seed=r, **common))
-                rates.setdefault((k, mode), []).append(res.steps / res.train_seconds)
+                cfg = TrainConfig(out=str(tmp / f"run-{k}-{mode}"), alpha=alpha, online=online, layers=k, seed=r,
+                                  **common)
+                rates.setdefault((k, mode), []).append(_steps_per_s(cfg))
                 print(f"round {r + 1} L{k} {mode}: {rates[k, mode][-1]:.3f} steps/s", flush=True)
     med = {key: statistics.median(v) for key, v in rates.items()}
     tokens = args.batch_size * int(open_store(store).split_meta("train").tokens

@@ -27,6 +27,7 @@ STUDENT_EPOCHS="${STUDENT_EPOCHS:-2}"
 STUDENT_LR="${STUDENT_LR:-5e-4}"
 BATCH="${BATCH:-16}"
 SWEEP_LAYERS="${SWEEP_LAYERS:-2}"
+SWEEP_STEPS="${SWEEP_STEPS:-6}"        # each sweep run: this many steps (the students above: STUDENT_EPOCHS)
 SWEEP_DISTANCES="${SWEEP_DISTANCES:-ce,rkl}"
 SWEEP_TAILS="${SWEEP_TAILS:-bucket,renormalize}"
 SWEEP_SEEDS="${SWEEP_SEEDS:-1}"
@@ -82,7 +83,7 @@ done
 stage "greedy sweep (layers $SWEEP_LAYERS; distances $SWEEP_DISTANCES; tails $SWEEP_TAILS)" "$out/sweep/.complete" \
   bash -c "students sweep --store '$store' --out '$out/sweep' --strategy greedy --layers '$SWEEP_LAYERS' \
     --temperature 2 --alpha 0.5 --distance '$SWEEP_DISTANCES' --tail '$SWEEP_TAILS' --seeds '$SWEEP_SEEDS' \
-    --epochs '$STUDENT_EPOCHS' --lr '$STUDENT_LR' --batch-size '$BATCH' --eval-batch-size 32 \
+    --max-steps '$SWEEP_STEPS' --lr '$STUDENT_LR' --batch-size '$BATCH' --eval-batch-size 32 \
     && touch '$out/sweep/.complete'"
 
 students report "$out/sweep"
