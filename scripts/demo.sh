@@ -14,15 +14,19 @@
 # --task ner runs the same stages on WNUT-16 tweets (named entities, BIO tags, per-token
 # logits; metric: entity F1) with a MiniLM-L6 token classifier as the teacher:
 #   bash scripts/demo.sh --task ner runs/ner
+# --task causal-lm distils the real SmolLM2-135M-Instruct into small causal-LM students on
+# Rotten Tomatoes text from a top-k store (scripts/demo_lm.sh has its stages and variables):
+#   bash scripts/demo.sh --task causal-lm runs/lm
 # DEMO_SKIP_SETUP=1 skips the install step (the tests use it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=classification
-if [ "${1:-}" = "--task" ]; then TASK="${2:?--task needs classification or ner}"; shift 2; fi
+if [ "${1:-}" = "--task" ]; then TASK="${2:?--task needs classification, ner or causal-lm}"; shift 2; fi
 case "$TASK" in
+  causal-lm) exec bash scripts/demo_lm.sh "$@" ;;
   classification) default_out=runs/demo; d_examples=1500; d_epochs=4; d_lr=1e-4; d_slr=5e-4 ;;
   ner) default_out=runs/ner; d_examples=all; d_epochs=6; d_lr=2e-4; d_slr=5e-4 ;;
-  *) echo "error: --task must be classification or ner; got '$TASK' instead" >&2; exit 2 ;;
+  *) echo "error: --task must be classification, ner or causal-lm; got '$TASK' instead" >&2; exit 2 ;;
 esac
 out="${1:-$default_out}"
 EXAMPLES="${EXAMPLES:-$d_examples}"     # examples from the corpus ("all": 13.8k reviews / 2,394 tweets), split 80/10/10

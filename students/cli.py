@@ -107,12 +107,15 @@ OPTIONS = (
 
 #: `students sweep` space flags: entry -> (metavar, help); defaults in brackets come from SweepSpace.
 SPACE_FLAGS = {
-    "distance": ("LIST", "distances: ce, mse"),
+    "distance": ("LIST", "distances: ce, mse; causal-LM stores also fkl, rkl, gjsd, tvd"),
     "temperature": ("LIST", "teacher temperatures tau_t"),
     "student_temperature": ("LIST", "student temperature modes: teacher (tau_s = tau_t), 1"),
     "alpha": ("LIST", "KD weights alpha in [0, 1]"),
     "teacher": ("LIST", "teacher checkpoints: ths, tll or names from `logitstore info`"),
     "layers": ("LIST", "student sizes in layers; greedy runs per size"),
+    "tail": ("LIST", "causal-LM stores: tails outside the teacher's top-k (bucket, renormalize); the first is "
+             "the start and the baselines'"),
+    "beta": ("LIST", "causal-LM stores: generalized-JSD betas in (0, 1), tuned when gjsd wins the distance stage"),
     "seeds": ("N|LIST", "N = seeds 0..N-1, or a comma-separated list of seeds; every configuration runs each"),
     "base_temperature": ("TAU_T", "the Hinton configuration's tau_t: greedy start and baselines"),
     "base_alpha": ("ALPHA", "the Hinton configuration's alpha, in (0, 1): greedy start and baselines"),

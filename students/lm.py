@@ -1,7 +1,13 @@
 """Causal-LM students (issue 12): distil a smaller causal LM from a store's sparse top-k targets.
 
-    open store -> teacher checkpoint (ths/tll/name) -> packed rows -> student logits (B, T, V)
-    -> the tokens that have a next token -> sparse KD loss (students/sparse_loss.py) -> step
+    open store -> teacher checkpoint (ths/tll/name) -> packed rows -> student hidden states
+    (B, T, H) -> the tokens that have a next token (N, H) -> LM head and sparse KD loss a
+    chunk of tokens at a time (students/sparse_loss.py: chunked_kd_loss) -> step
+
+The student's (B, T, V) logits are never made: training and evaluation apply the LM head to
+``SparseLossConfig.chunk`` tokens at a time (recomputed in the backward pass), so memory
+grows with chunk x V, not with batch x tokens x V. A student whose tokenizer is not the
+store's (``--init`` folder with other tokenizer files) is refused before training.
 
 The student is the teacher's architecture (``AutoModelForCausalLM``) with fewer layers,
 skip-layer initialised (students/model.py), or ``--init``. Targets per token come from the
@@ -41,9 +47,9 @@ from logitstore.sampled import Sampled
 from logitstore.topk import decode_topk, encode_topk
 from students.config import TrainConfig, output_dir
 from students.data import Batch, SplitBatches
-from students.errors import ConfigError, StoreContentError
+from students.errors import ConfigError, StoreContentError, StudentInitError
 from students.model import build_student
-from students.sparse_loss import SampledTargets, SparseLossConfig, SparseTargets, sparse_distance, sparse_kd_loss
+from students.sparse_loss import SampledTargets, SparseLossConfig, SparseTargets, chunked_kd_loss, sparse_distance
 
 
 def is_lm_store(path: str) -> bool:
@@ -73,6 +79,48 @@ def loss_config(config: TrainConfig, store: LogitStore) -> tuple[SparseLossConfi
             f"{', '.join(f'{t:g}' for t in temps)}), so the tail mass is unknown there; pick one of those, rebuild "
             f"the store with --temperatures including {kd.tau_t:g}, or use --tail renormalize")
     return cfg, column
+
+
+def lm_head(student: torch.nn.Module) -> torch.nn.Linear:
+    """The student's LM head (logits = hidden @ W.T + b). Raises StudentInitError for a
+    model whose logits are not a plain linear map of its last hidden states (a logit
+    soft-cap or scale), which the chunked loss could not reproduce."""
+    head = student.get_output_embeddings()
+    cfg = student.config
+    if not isinstance(head, torch.nn.Linear) or getattr(cfg, "final_logit_softcapping", None) \
+            or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
+        raise StudentInitError(f"the student ({type(student).__name__}) does not end in a plain linear LM head, "
+                               "which the chunked loss needs; use a Llama-like model (e.g. the teacher's family)")
+    return head
+
+
+def hidden_states(student: torch.nn.Module, batch: Batch, mask: torch.Tensor) -> torch.Tensor:
+    """(N, H) final hidden states of the tokens ``mask`` (B, T) selects, without the (B, T, V)
+    logits: ``student.base_model`` runs and the LM head is left to the loss."""
+    out = student.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return out[0][mask]  # (B, T, H) -> (N, H)
+
+
+def check_tokenizer(source: str, store: LogitStore) -> None:
+    """Refuse (StudentInitError, one line) a student source folder whose tokenizer is not the
+    store's (the fingerprint logitstore.data.tokenizer_fingerprint records); a folder without
+    tokenizer files is judged by its vocabulary size only (build_student)."""
+    from transformers import AutoTokenizer
+
+    from logitstore.data import tokenizer_fingerprint
+
+    folder = Path(source)
+    if not ((folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists()):
+        return
+    try:
+        fp = tokenizer_fingerprint(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
+    except Exception as exc:  # transformers raises many kinds for a broken tokenizer folder
+        raise StudentInitError(f"cannot load the tokenizer in {source} ({type(exc).__name__}); pass a model "
+                               "folder saved with the store's tokenizer") from exc
+    if fp != store.meta.tokenizer_fingerprint:
+        raise StudentInitError(f"the student at {source} has another tokenizer than store {store.path} (fingerprint "
+                               f"{fp[:12]} vs {store.meta.tokenizer_fingerprint[:12]}); initialise from a model with "
+                               "the store's tokenizer (its teacher family)")
 
 
 def _positions(split: SplitData, batch: Batch) -> tuple[torch.Tensor, np.ndarray]:
@@ -165,19 +213,23 @@ def evaluate_lm(student: torch.nn.Module, batches: SplitBatches, targets: Target
     kl_col = temps.index(1.0) if 1.0 in temps else None
     sums = {"ce": 0.0, "hit": 0.0, "agree": 0.0, "kl": 0.0, "kd": 0.0}
     n = 0
+    head = lm_head(student)
     for batch in batches.epoch(0):
         batch = batch.to(device)
         mask, flat = _positions(batches.split, batch)
-        z = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[mask].float()  # (N, V)
-        y = batch.labels[mask]  # (N,)
-        sums["ce"] += float(torch.nn.functional.cross_entropy(z, y, reduction="sum"))
-        sums["hit"] += float((z.argmax(-1) == y).sum())
-        if targets is not None:
-            tg, kl_tg = targets.get(batch, mask, flat, (targets.column, kl_col))
-            top1 = tg.top1  # (N,) lowest id among ties; the most likely drawn id for a sampled store
-            sums["agree"] += float((z.argmax(-1) == top1).sum())
-            sums["kl"] += float(sparse_distance(z, kl_tg, kl_cfg)) * len(y)
-            sums["kd"] += float(sparse_distance(z, tg, cfg)) * len(y)
+        h, y = hidden_states(student, batch, mask), batch.labels[mask]  # (N, H), (N,)
+        tgs = targets.get(batch, mask, flat, (targets.column, kl_col)) if targets is not None else None
+        for a in range(0, len(y), cfg.chunk):  # (chunk, V) logits at a time, never (N, V)
+            b = min(a + cfg.chunk, len(y))
+            z, yc = head(h[a:b]).float(), y[a:b]  # (n, V), (n,)
+            sums["ce"] += float(torch.nn.functional.cross_entropy(z, yc, reduction="sum"))
+            sums["hit"] += float((z.argmax(-1) == yc).sum())
+            if tgs is not None:
+                tg, kl_tg = tgs[0].cut(a, b), tgs[1].cut(a, b)
+                top1 = tg.top1  # (n,) lowest id among ties; the most likely drawn id for a sampled store
+                sums["agree"] += float((z.argmax(-1) == top1).sum())
+                sums["kl"] += float(sparse_distance(z, kl_tg, kl_cfg)) * (b - a)
+                sums["kd"] += float(sparse_distance(z, tg, cfg)) * (b - a)
         n += len(y)
     student.train(was)
     ce = sums["ce"] / max(n, 1)
@@ -220,6 +272,8 @@ def _prepare_lm(config: TrainConfig, console: Console) -> _LMRun:
     # The online teacher is loaded before torch is seeded, so it cannot shift the student's RNG.
     train_targets = Targets(store, name, train_split, column, config.online) if config.alpha > 0 and name else None
     eval_targets = [Targets(store, name, s, column, config.online) if name else None for s in evals]
+    if config.init is not None:
+        check_tokenizer(config.init, store)
     torch.manual_seed(config.seed)
     student, init = build_student(config.init or ckpt.source_path, config.layers, [], int(store.meta.vocab_size),
                                   get_task(store.meta.task))
@@ -278,6 +332,9 @@ def _loop(run: _LMRun, config: TrainConfig, opt: Any, sched: Any, total: int, st
                     log.write(json.dumps({"step": step, "epoch": epoch + 1, **res.to_dict(),
                                           "train_loss": losses[-1]}) + "\n")
                     log.flush()
+                    if config.save_checkpoints:  # OUT/checkpoint-<step>: a teacher `logitstore build` reads
+                        run.student.save_pretrained(out / f"checkpoint-{step}")
+                        run.store.save_tokenizer(out / f"checkpoint-{step}")
                     if best is None or res.score("accuracy") > best[0]:
                         weights = {k: v.detach().clone() for k, v in run.student.state_dict().items()}
                         best = (res.score("accuracy"), step, res, weights)
@@ -291,9 +348,10 @@ def _loop(run: _LMRun, config: TrainConfig, opt: Any, sched: Any, total: int, st
 def _step(run: _LMRun, batch: Batch, config: TrainConfig, opt: Any, sched: Any) -> float:
     """One optimizer step; returns the loss."""
     mask, flat = _positions(run.train_split, batch)
-    z = run.student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[mask]  # (N, V)
+    h = hidden_states(run.student, batch, mask)  # (N, H); the (N, V) logits exist a chunk at a time, in the loss
     tg = run.train_targets.get(batch, mask, flat)[0] if run.train_targets is not None else None
-    loss, _, _ = sparse_kd_loss(z, batch.labels[mask] if config.alpha < 1 else None, tg, run.cfg)
+    loss, _, _ = chunked_kd_loss(h, lm_head(run.student), batch.labels[mask] if config.alpha < 1 else None, tg,
+                                 run.cfg)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run.student.parameters(), config.max_grad_norm)

@@ -61,6 +61,9 @@ class SparseTargets:
     rel: torch.Tensor
     lse: torch.Tensor | None = None
 
+    def cut(self, a: int, b: int) -> "SparseTargets":
+        """Tokens a..b-1."""
+        return SparseTargets(self.ids[a:b], self.rel[a:b], None if self.lse is None else self.lse[a:b])
 
     @property
     def top1(self) -> torch.Tensor:
@@ -78,6 +81,10 @@ class SampledTargets:
     ids: torch.Tensor
     weights: torch.Tensor
     log_p: torch.Tensor
+
+    def cut(self, a: int, b: int) -> "SampledTargets":
+        """Tokens a..b-1."""
+        return SampledTargets(self.ids[a:b], self.weights[a:b], self.log_p[a:b])
 
     @property
     def top1(self) -> torch.Tensor:
@@ -172,6 +179,17 @@ def _sampled_per_token(zs: torch.Tensor, ids: torch.Tensor, weights: torch.Tenso
     return (weights.float() * (log_p.float() - log_q)).sum(dim=-1)
 
 
+def _check_targets(targets: "SparseTargets | SampledTargets", cfg: SparseLossConfig) -> bool:
+    """Whether ``targets`` are draws; ValueError for what they cannot serve."""
+    sampled = isinstance(targets, SampledTargets)
+    if sampled and cfg.distance != "fkl":
+        raise ValueError(f"sampled teacher targets give an unbiased estimate of the forward KL only; use distance "
+                         f"fkl (ce) instead of {cfg.distance}, or a top-k store")
+    if not sampled and cfg.needs_lse and targets.lse is None:
+        raise ValueError("the bucket tail needs the teacher's log-sum-exp at tau_t; none was given")
+    return sampled
+
+
 def sparse_distance(student_logits: torch.Tensor, targets: "SparseTargets | SampledTargets",
                     cfg: SparseLossConfig) -> torch.Tensor:
     """tau_s**2 * mean over the N tokens of D(p_t, q): a scalar float32 tensor.
@@ -179,12 +197,7 @@ def sparse_distance(student_logits: torch.Tensor, targets: "SparseTargets | Samp
     ``student_logits`` (N, V); ``targets`` of the same N tokens (sampled targets: the
     unbiased KL estimate, ``fkl`` only). Raises ValueError when the loss needs the teacher's
     lse (``tail="bucket"``) and ``targets.lse`` is None, or for another distance on draws."""
-    sampled = isinstance(targets, SampledTargets)
-    if sampled and cfg.distance != "fkl":
-        raise ValueError(f"sampled teacher targets give an unbiased estimate of the forward KL only; use distance "
-                         f"fkl (ce) instead of {cfg.distance}, or a top-k store")
-    if not sampled and cfg.needs_lse and targets.lse is None:
-        raise ValueError("the bucket tail needs the teacher's log-sum-exp at tau_t; none was given")
+    sampled = _check_targets(targets, cfg)
     n = len(student_logits)
     if n == 0:
         return student_logits.new_zeros((), dtype=torch.float32)
@@ -218,6 +231,56 @@ def sparse_kd_loss(student_logits: torch.Tensor, labels: torch.Tensor | None,
     ce = F.cross_entropy(student_logits.float(), labels) if labels is not None and len(labels) else None
     kd = sparse_distance(student_logits, targets, cfg) if targets is not None else None
     loss = student_logits.new_zeros((), dtype=torch.float32)
+    if ce is not None and cfg.alpha < 1.0:
+        loss = loss + (1.0 - cfg.alpha) * ce
+    if kd is not None and cfg.alpha > 0.0:
+        loss = loss + cfg.alpha * kd
+    return loss, ce, kd
+
+
+def _chunk_sums(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor | None,
+                targets: "SparseTargets | SampledTargets | None", cfg: SparseLossConfig) -> torch.Tensor:
+    """(sum of CE, sum of D) over one chunk of n tokens: h (n, H) -> logits (n, V) -> (2,) float32."""
+    z = F.linear(h, weight, bias).float()  # (n, V): the only place the chunk's logits exist
+    ce = F.cross_entropy(z, labels, reduction="sum") if labels is not None else z.new_zeros(())
+    if isinstance(targets, SampledTargets):
+        d = _sampled_per_token(z, targets.ids, targets.weights, targets.log_p, cfg).sum()
+    elif targets is not None:
+        d = _per_token(z, targets.ids, targets.rel, targets.lse, cfg).sum()
+    else:
+        d = z.new_zeros(())
+    return torch.stack([ce, d])  # (2,)
+
+
+def chunked_kd_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor | None,
+                    targets: SparseTargets | SampledTargets | None, cfg: SparseLossConfig
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``sparse_kd_loss(head(hidden), labels, targets, cfg)`` without the (N, V) logits.
+
+    ``hidden`` (N, H) are the student's final hidden states of the N selected tokens and
+    ``head`` its LM head (logits = hidden @ W.T + b). The logits are made ``cfg.chunk``
+    tokens at a time and each chunk's are recomputed in the backward pass (activation
+    checkpointing), so memory is O(chunk x V), not O(N x V); loss, ce, kd and the gradients
+    equal the unchunked ones (tested). Same None/ValueError rules as ``sparse_kd_loss``."""
+    if cfg.alpha < 1.0 and labels is None:
+        raise ValueError(f"alpha={cfg.alpha} < 1 weights the next-token cross-entropy, so labels are needed")
+    if cfg.alpha > 0.0 and targets is None:
+        raise ValueError(f"alpha={cfg.alpha} > 0 weights the distillation term, so teacher targets are needed")
+    if targets is not None:
+        _check_targets(targets, cfg)
+    n = len(hidden)
+    sums = hidden.new_zeros(2, dtype=torch.float32)  # (2,) CE sum, D sum
+    for a in range(0, n, cfg.chunk):
+        b = min(a + cfg.chunk, n)
+        args = (hidden[a:b], head.weight, head.bias, None if labels is None else labels[a:b],
+                None if targets is None else targets.cut(a, b))
+        if torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad):
+            sums = sums + checkpoint(_chunk_sums, *args, cfg, use_reentrant=False)
+        else:
+            sums = sums + _chunk_sums(*args, cfg)
+    ce = sums[0] / n if labels is not None and n else None
+    kd = cfg.tau_s**2 * sums[1] / max(n, 1) if targets is not None else None
+    loss = hidden.new_zeros((), dtype=torch.float32)
     if ce is not None and cfg.alpha < 1.0:
         loss = loss + (1.0 - cfg.alpha) * ce
     if kd is not None and cfg.alpha > 0.0:

@@ -209,6 +209,9 @@ def _prepare(config: TrainConfig, console: Console) -> _Run:
     task = get_task(store.meta.task)
     if config.distance not in DENSE_DISTANCES:
         raise ConfigError(f"distance {config.distance} works on causal-LM stores only; use ce or mse", [])
+    if (config.tail, config.beta) != ("bucket", 0.5):
+        raise ConfigError(f"--tail {config.tail} and --beta {config.beta:g} work on causal-LM stores only; leave "
+                          "them at bucket and 0.5", [])
     metric = ckpt.metric if ckpt is not None else task.default_metric
     if metric not in task.metrics:
         raise StoreContentError(f"the store's task metric {metric!r} is not one of {', '.join(task.metrics)}; "

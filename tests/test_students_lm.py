@@ -80,6 +80,8 @@ def test_sparse_distances_are_refused_on_dense_stores(tiny_teachers, tiny_data, 
     build_store(BuildConfig(teachers=(tiny_teachers / "checkpoint-10",), data=str(tiny_data), out=out, threads=1))
     with pytest.raises(ConfigError, match="causal-LM stores only"):
         train(_cfg(out, tmp_path / "s", distance="rkl", max_steps=1))
+    with pytest.raises(ConfigError, match="causal-LM stores only"):
+        train(_cfg(out, tmp_path / "t", tail="renormalize", max_steps=1))
 
 
 def test_a_grid_sweep_runs_on_a_causal_lm_store(lm_store, tmp_path):
@@ -91,3 +93,92 @@ def test_a_grid_sweep_runs_on_a_causal_lm_store(lm_store, tmp_path):
     result = run_sweep(SweepConfig(str(lm_store), str(tmp_path / "sweep"), "grid", space, 1, template))
     assert result.ran >= 2
     assert all(r["val_eval"]["perplexity"] > 1 for r in result.records.values())
+
+
+def test_a_student_with_another_tokenizer_is_refused_in_one_line(lm_store, lm_run, tmp_path, capsys):
+    """--init with the teacher's weights but another tokenizer (same vocabulary size, tokens
+    reordered): refused before training, in one line; the teacher's own folder is accepted."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other"
+    shutil.copytree(lm_run / "checkpoint-1", other)
+    tok = AutoTokenizer.from_pretrained(other)
+    vocab = tok.get_vocab()
+    words = sorted(w for w in vocab if not w.startswith("<"))
+    swapped = json.loads((other / "tokenizer.json").read_text())
+    a, b = words[0], words[1]
+    swapped["model"]["vocab"][a], swapped["model"]["vocab"][b] = vocab[b], vocab[a]
+    (other / "tokenizer.json").write_text(json.dumps(swapped))
+    code = students_main(["train", "--store", str(lm_store), "--out", str(tmp_path / "s"), "--init", str(other),
+                          "--layers", "1", "--no-progress", "--device", "cpu", "--max-steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "another tokenizer than store" in err[0], err
+    assert not (tmp_path / "s" / "summary.json").exists()
+    r = train(_cfg(lm_store, tmp_path / "same", init=str(lm_run / "checkpoint-1"), max_steps=1))
+    assert len(r.losses) == 1
+
+
+def test_hidden_states_and_head_equal_the_models_logits(lm_run):
+    """The chunked path (base model, then the LM head per chunk) sees the same logits as
+    the model's own forward."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from students.data import Batch
+    from students.lm import hidden_states, lm_head
+
+    model = AutoModelForCausalLM.from_pretrained(lm_run / "checkpoint-1").eval()
+    ids = torch.randint(3, 40, (2, 9), generator=torch.Generator().manual_seed(0))
+    am = torch.ones_like(ids)
+    am[1, 6:] = 0
+    batch = Batch(rows=torch.arange(2), input_ids=ids, attention_mask=am, token_type_ids=torch.zeros_like(ids),
+                  labels=ids, teacher_logits=None)
+    mask = am.bool()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=am, use_cache=False).logits[mask]  # (N, V)
+        got = lm_head(model)(hidden_states(model, batch, mask))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_training_steps_do_not_depend_on_the_loss_chunk(lm_store, tmp_path, monkeypatch):
+    """A run with the LM head applied 3 tokens at a time trains the same student as one
+    with every token in one chunk (losses and validation metrics)."""
+    import functools
+
+    import students.lm as lm
+    from students.sparse_loss import SparseLossConfig
+
+    runs = []
+    for chunk in (3, 100_000):
+        monkeypatch.setattr(lm, "SparseLossConfig", functools.partial(SparseLossConfig, chunk=chunk))
+        runs.append(train(_cfg(lm_store, tmp_path / f"c{chunk}", max_steps=3, distance="gjsd")))
+    assert runs[0].losses == pytest.approx(runs[1].losses, rel=1e-5, abs=1e-6)
+    a, b = runs[0].best.to_dict(), runs[1].best.to_dict()
+    assert a.pop("split") == b.pop("split")
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    assert json.loads((tmp_path / "c3" / "run_config.json").read_text())["loss"]["chunk"] == 3
+
+
+def test_a_sweep_tunes_tail_and_beta_on_a_causal_lm_store(lm_store, tmp_path):
+    """`students sweep --tail bucket,renormalize --beta 0.3,0.7` with gjsd: runs differ by
+    tail and beta (different keys and results); beta collapses for other distances."""
+    from students.sweep import load_results
+
+    code = students_main(["sweep", "--store", str(lm_store), "--out", str(tmp_path / "w"), "--strategy", "grid",
+                          "--distance", "gjsd,tvd", "--temperature", "2", "--student-temperature", "teacher",
+                          "--alpha", "0.5", "--teacher", "tll", "--layers", "1", "--seeds", "1",
+                          "--tail", "bucket,renormalize", "--beta", "0.3,0.7", "--max-steps", "2",
+                          "--batch-size", "4", "--eval-batch-size", "8", "--device", "cpu"])
+    assert code == 0
+    recs = load_results(tmp_path / "w")
+    points = {(r["point"]["distance"], r["point"].get("tail", "bucket"), r["point"].get("beta", 0.5))
+              for r in recs.values() if r["point"]["alpha"] > 0}
+    assert points >= {("gjsd", "bucket", 0.3), ("gjsd", "renormalize", 0.7), ("tvd", "renormalize", 0.5)}
+    assert ("tvd", "bucket", 0.3) not in points  # beta is canonical (0.5) outside gjsd
+    cfgs = {json.dumps([c["distance"], c["tail"], c["beta"]]) for c in
+            (json.loads((tmp_path / "w" / "runs" / k / "run_config.json").read_text()) for k in recs)}
+    assert json.dumps(["gjsd", "renormalize", 0.3]) in cfgs
+    gj = [r["val_eval"]["kd"] for r in recs.values() if r["point"]["distance"] == "gjsd"]
+    assert len(set(gj)) == len(gj) == 4  # four gjsd runs, four different KD distances

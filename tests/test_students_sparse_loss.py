@@ -183,3 +183,70 @@ def test_sampled_targets_refuse_other_distances():
     zt, zs = _logits(4)
     with pytest.raises(ValueError, match="forward KL only"):
         sparse_distance(zs, _sampled(zt, torch.softmax(zt, -1)), SparseLossConfig(distance="rkl"))
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("tail,alpha", [("bucket", 0.5), ("renormalize", 1.0), ("bucket", 0.0)])
+def test_chunked_lm_head_loss_equals_dense_logits_loss_and_gradients(distance, tail, alpha):
+    """chunked_kd_loss(hidden, head) == sparse_kd_loss(head(hidden)): loss, ce, kd and the
+    gradients of the hidden states and of the head, with chunks that do not divide N."""
+    from students.sparse_loss import chunked_kd_loss
+
+    g = torch.Generator().manual_seed(7)
+    hidden0 = torch.randn(N, 16, generator=g)
+    head = torch.nn.Linear(16, V, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(V, 16, generator=g))
+        head.bias.copy_(torch.randn(V, generator=g))
+    zt, _ = _logits(3)
+    tg, labels = _targets(zt, 7, 2.0), torch.randint(0, V, (N,), generator=g)
+    results = []
+    for chunked, chunk in ((False, 1024), (True, 5), (True, 1)):
+        cfg = SparseLossConfig(distance=distance, tail=tail, alpha=alpha, tau_t=2.0, tau_s=2.0, chunk=chunk)
+        hidden = hidden0.clone().requires_grad_(True)
+        head.zero_grad()
+        if chunked:
+            loss, ce, kd = chunked_kd_loss(hidden, head, labels, tg, cfg)
+        else:
+            loss, ce, kd = sparse_kd_loss(head(hidden), labels, tg, cfg)
+        loss.backward()
+        results.append((loss.detach(), ce.detach(), kd.detach(), hidden.grad.clone(), head.weight.grad.clone(),
+                        head.bias.grad.clone()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert results[0][3].abs().sum() > 0  # a gradient that is all zero would make the comparison empty
+
+
+def test_chunked_lm_head_loss_needs_what_its_weights_use():
+    from students.sparse_loss import chunked_kd_loss
+
+    head = torch.nn.Linear(4, V)
+    with pytest.raises(ValueError, match="labels are needed"):
+        chunked_kd_loss(torch.randn(N, 4), head, None, None, SparseLossConfig(alpha=0.5))
+    with pytest.raises(ValueError, match="log-sum-exp"):
+        tg = SparseTargets(torch.zeros(N, 2, dtype=torch.long), torch.zeros(N, 2))
+        chunked_kd_loss(torch.randn(N, 4), head, None, tg, SparseLossConfig(alpha=1.0))
+
+
+def test_chunked_lm_head_loss_on_sampled_targets_equals_the_dense_logits_loss():
+    """Draws (RS-KD) through chunked_kd_loss == sparse_kd_loss(head(hidden)) on the same draws."""
+    from students.sparse_loss import chunked_kd_loss
+
+    g = torch.Generator().manual_seed(11)
+    hidden0, head = torch.randn(N, 16, generator=g), torch.nn.Linear(16, V)
+    zt, _ = _logits(5)
+    tg, labels = _sampled(zt, torch.softmax(zt, -1)), torch.randint(0, V, (N,), generator=g)
+    cfg = SparseLossConfig(alpha=0.7, chunk=4)
+    got, want = [], []
+    for out, fn in ((got, lambda h: chunked_kd_loss(h, head, labels, tg, cfg)),
+                    (want, lambda h: sparse_kd_loss(head(h), labels, tg, cfg))):
+        hidden = hidden0.clone().requires_grad_(True)
+        head.zero_grad()
+        loss, _, kd = fn(hidden)
+        loss.backward()
+        out += [loss.detach(), kd.detach(), hidden.grad.clone(), head.weight.grad.clone()]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="forward KL only"):
+        chunked_kd_loss(hidden0, head, labels, tg, SparseLossConfig(distance="tvd"))

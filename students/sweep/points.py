@@ -22,13 +22,15 @@ from students.config import TrainConfig
 RUNS_DIR = "runs"
 # TrainConfig fields that name where a run lives, how it prints or how fast it runs, not what it computes.
 NOT_IN_KEY = ("store", "out", "progress", "threads")
-_ADDED_OPTIONS = {"group_by_length": False, "tail": "bucket", "beta": 0.5, "patience": None,
+DEFAULT_TAIL, DEFAULT_BETA = "bucket", 0.5  # TrainConfig's defaults
+_ADDED_OPTIONS = {"group_by_length": False, "tail": DEFAULT_TAIL, "beta": DEFAULT_BETA, "patience": None,
                   "transfer": False}  # TrainConfig fields newer than the key format, and their defaults
 
 
 @dataclass(frozen=True)
 class Point:
-    """One configuration of the KD parameters and the student size (seeds apart)."""
+    """One configuration of the KD parameters and the student size (seeds apart). ``tail``
+    and ``beta`` matter on causal-LM stores only (students/sparse_loss.py)."""
 
     distance: str
     temperature: float
@@ -36,27 +38,41 @@ class Point:
     alpha: float
     teacher: str
     layers: int
+    tail: str = DEFAULT_TAIL
+    beta: float = DEFAULT_BETA
 
     def canonical(self) -> "Point":
-        """alpha = 0 trains on labels only: distance and temperatures cannot matter, so all
-        such points are one configuration (the teacher still picks the initialisation)."""
+        """alpha = 0 trains on labels only: distance, temperatures, tail and beta cannot
+        matter, so all such points are one configuration (the teacher still picks the
+        initialisation). beta matters for gjsd only, the tail for every distance but mse."""
         if self.alpha == 0:
-            return replace(self, distance="ce", temperature=1.0, student_temperature="1", alpha=0.0)
-        return replace(self, temperature=float(self.temperature), alpha=float(self.alpha))
+            return replace(self, distance="ce", temperature=1.0, student_temperature="1", alpha=0.0,
+                           tail=DEFAULT_TAIL, beta=DEFAULT_BETA)
+        return replace(self, temperature=float(self.temperature), alpha=float(self.alpha),
+                       tail=DEFAULT_TAIL if self.distance == "mse" else self.tail,
+                       beta=float(self.beta) if self.distance == "gjsd" else DEFAULT_BETA)
 
     def label(self) -> str:
         if self.alpha == 0:
             return f"no KD (alpha=0), init {self.teacher}, L{self.layers}"
         tau_s = "tau_t" if self.student_temperature == "teacher" else "1"
-        return (f"{self.distance} tau_t={self.temperature:g} tau_s={tau_s} alpha={self.alpha:g} "
+        lm = (f" tail={self.tail}" if self.tail != DEFAULT_TAIL else "") + \
+            (f" beta={self.beta:g}" if self.beta != DEFAULT_BETA else "")  # shown when not the defaults
+        return (f"{self.distance} tau_t={self.temperature:g} tau_s={tau_s} alpha={self.alpha:g}{lm} "
                 f"{self.teacher} L{self.layers}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields; tail and beta only when not the defaults (records of other stores stay as before)."""
+        d = asdict(self)
+        for k, default in (("tail", DEFAULT_TAIL), ("beta", DEFAULT_BETA)):
+            if d[k] == default:
+                del d[k]
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Point":
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        """A Point from to_dict(); records written before tail and beta existed get their defaults."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def run_config(template: TrainConfig, point: Point, seed: int, sweep_dir: Path) -> TrainConfig:
@@ -64,7 +80,7 @@ def run_config(template: TrainConfig, point: Point, seed: int, sweep_dir: Path) 
     p = point.canonical()
     cfg = replace(template, distance=p.distance, temperature=p.temperature,
                   student_temperature=p.student_temperature, alpha=p.alpha, teacher=p.teacher,
-                  layers=p.layers, seed=seed, progress=False)
+                  layers=p.layers, tail=p.tail, beta=p.beta, seed=seed, progress=False)
     return replace(cfg, out=str(sweep_dir / RUNS_DIR / run_key(cfg)))
 
 

@@ -9,10 +9,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from students.config import DISTANCES, STUDENT_TEMPERATURES
+from students.config import DISTANCES, STUDENT_TEMPERATURES, TAILS
 from students.errors import ConfigError
 
-PARAMS = ("distance", "temperature", "student_temperature", "alpha", "teacher", "layers", "seeds")
+PARAMS = ("distance", "temperature", "student_temperature", "alpha", "teacher", "layers", "seeds", "tail", "beta")
 SPACE_KEYS = PARAMS + ("base_temperature", "base_alpha")
 
 
@@ -26,7 +26,9 @@ class SweepSpace:
 
     ``seeds`` lists the seeds every configuration is trained with. ``base_temperature``
     and ``base_alpha`` are the Hinton configuration's tau_t and alpha (the greedy start
-    and both fixed baselines)."""
+    and both fixed baselines). ``tail`` and ``beta`` (causal-LM stores only: the teacher's
+    mass outside its top-k and the generalized JSD's beta) start from their first value, the
+    baselines' too; other stores take only the defaults."""
 
     distance: tuple[str, ...] = ("ce", "mse")
     temperature: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
@@ -35,6 +37,8 @@ class SweepSpace:
     teacher: tuple[str, ...] = ("ths", "tll")
     layers: tuple[int, ...] = (2,)
     seeds: tuple[int, ...] = (0,)
+    tail: tuple[str, ...] = ("bucket",)
+    beta: tuple[float, ...] = (0.5,)
     base_temperature: float = 2.0
     base_alpha: float = 0.5
 
@@ -64,6 +68,8 @@ _CHECKS = {
     "teacher": (lambda v: isinstance(v, str) and v != "", "ths, tll or a checkpoint name"),
     "layers": (lambda v: _count(v) and v >= 1, "integers >= 1"),
     "seeds": (lambda v: _count(v) and v >= 0, "integers >= 0"),
+    "tail": (lambda v: v in TAILS, f"one of {', '.join(TAILS)}"),
+    "beta": (lambda v: _num(v) and 0 < v < 1, "numbers in (0, 1)"),
 }
 
 
@@ -91,7 +97,7 @@ def _coerce(name: str, value: Any) -> tuple[Any, ...] | float:
         items: list[Any] = [x.strip() for x in value.split(",") if x.strip()]
         if name == "seeds" and len(items) == 1 and items[0].isdigit():
             return tuple(range(int(items[0])))  # --seeds N: seeds 0..N-1
-        if name in ("temperature", "alpha"):
+        if name in ("temperature", "alpha", "beta"):
             items = [float(x) for x in items]
         elif name in ("layers", "seeds"):
             items = [int(x) for x in items]
@@ -99,7 +105,7 @@ def _coerce(name: str, value: Any) -> tuple[Any, ...] | float:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         if name == "seeds" and not isinstance(value, (list, tuple)) and _num(value):
             return tuple(range(int(value)))  # seeds = N in a TOML file
-        if name in ("temperature", "alpha"):
+        if name in ("temperature", "alpha", "beta"):
             items = [float(x) if _num(x) else x for x in items]
     if name == "student_temperature":  # TOML users write 1 for "1"
         items = ["1" if _num(x) and x == 1 else x for x in items]

@@ -8,7 +8,9 @@ and ``grid`` (every combination), and the rewards they report.
   current value competes; ties keep the current value, then the first grid value); then
   for each categorical parameter in GREEDY_ORDER (distance, teacher, student_temperature)
   try every other value in the space and keep the best one only when its mean validation
-  metric over seeds is strictly higher.
+  metric over seeds is strictly higher; then (causal-LM stores, when the space has more than
+  one value) the tail and beta (the latter matters only if gjsd won the distance stage).
+  tail and beta start from the space's first value, in every baseline too.
 * ``grid``: the product of the space's values, in the same batch as the baselines.
 
 The reward of a parameter is R = metric(alternative) - metric(default), both at the same
@@ -26,8 +28,9 @@ from students.sweep.points import Point, PointStats
 from students.sweep.space import SweepSpace
 
 STRATEGIES = ("grid", "greedy")
-GREEDY_ORDER = ("temperature", "alpha", "distance", "teacher", "student_temperature")
-TUNED = ("temperature", "alpha")  # tuned over their grids; the rest are categorical alternatives
+GREEDY_ORDER = ("temperature", "alpha", "distance", "teacher", "student_temperature", "tail", "beta")
+TUNED = ("temperature", "alpha", "beta")  # tuned over their grids; the rest are categorical alternatives
+LM_ONLY = ("tail", "beta")  # causal-LM stores; a stage only when the space gives more than one value
 HINTON = {"distance": "ce", "student_temperature": "teacher", "teacher": "ths"}
 RECOMMENDED = {"distance": "ce", "student_temperature": "1", "teacher": "tll"}
 
@@ -77,7 +80,8 @@ class LayersOutcome:
 
 def baselines(space: SweepSpace, layers: int) -> dict[str, Point]:
     """The fixed configurations of every sweep: hinton, recommended and no_kd."""
-    hinton = Point(temperature=space.base_temperature, alpha=space.base_alpha, layers=layers, **HINTON)
+    hinton = Point(temperature=space.base_temperature, alpha=space.base_alpha, layers=layers, tail=space.tail[0],
+                   beta=space.beta[0], **HINTON)
     return {"hinton": hinton.canonical(),
             "recommended": replace(hinton, **RECOMMENDED).canonical(),
             "no_kd": replace(hinton, alpha=0.0).canonical()}
@@ -112,7 +116,8 @@ def _stage(param: str, current: Point, values: Iterable[Any], stats: Mapping[Poi
 
 def _alternatives(space: SweepSpace, param: str) -> list[Any]:
     """The values a stage tries: a tuned parameter's whole grid, else every non-Hinton value."""
-    return [v for v in getattr(space, param) if param in TUNED or v != HINTON[param]]
+    start = HINTON.get(param, getattr(space, param)[0])
+    return [v for v in getattr(space, param) if param in TUNED or v != start]
 
 
 def greedy(space: SweepSpace, layers: int, run_points: RunPoints) -> LayersOutcome:
@@ -122,6 +127,8 @@ def greedy(space: SweepSpace, layers: int, run_points: RunPoints) -> LayersOutco
     out = LayersOutcome(layers, base["hinton"], base["recommended"], base["no_kd"], base["hinton"])
     current = base["hinton"]
     for param in GREEDY_ORDER:
+        if param in LM_ONLY and len(getattr(space, param)) < 2:
+            continue
         values = _alternatives(space, param)
         stats = run_points([current] + [replace(current, **{param: v}) for v in values], f"L{layers} stage {param}")
         current, rewards, record = _stage(param, current, values, stats, keep_best=True)
@@ -133,8 +140,9 @@ def greedy(space: SweepSpace, layers: int, run_points: RunPoints) -> LayersOutco
 
 def grid_product(space: SweepSpace, layers: int) -> list[Point]:
     """The configurations of a grid for one student size (canonical, each once, in product order)."""
-    return list(dict.fromkeys(Point(d, t, s, a, te, layers).canonical() for d, t, s, a, te in itertools.product(
-        space.distance, space.temperature, space.student_temperature, space.alpha, space.teacher)))
+    return list(dict.fromkeys(Point(d, t, s, a, te, layers, ta, b).canonical() for d, t, s, a, te, ta, b in
+                              itertools.product(space.distance, space.temperature, space.student_temperature,
+                                                space.alpha, space.teacher, space.tail, space.beta)))
 
 
 def grid_runs(space: SweepSpace) -> int:
@@ -152,6 +160,8 @@ def grid(space: SweepSpace, layers: int, run_points: RunPoints) -> LayersOutcome
     out = LayersOutcome(layers, base["hinton"], base["recommended"], base["no_kd"], base["hinton"])
     out.winner = max(ranked, key=lambda p: stats[p].val_mean)
     for param in GREEDY_ORDER:
+        if param in LM_ONLY and len(getattr(space, param)) < 2:
+            continue
         _, rewards, _ = _stage(param, base["hinton"], _alternatives(space, param), stats, keep_best=False)
         out.rewards += rewards
     return out
