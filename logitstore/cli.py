@@ -68,6 +68,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider (default: auto = CUDA when working, else CPU)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all cores)")
+    _add_ray(b)
     b.add_argument("--top-k", type=int, default=50,
                    help="causal-lm: teacher token ids kept per position, with their log-probabilities (default: 50)")
     b.add_argument("--temperatures", default="1", metavar="T1,T2,...",
@@ -79,6 +80,16 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--metric", default=None, choices=sorted({m for t in TASKS.values() for m in t.metrics}),
                    help="validation score that ranks checkpoints for ths (default: accuracy; ner: entity f1; "
                         "qa: f1)")
+
+
+def _add_ray(b: argparse.ArgumentParser) -> None:
+    """The build's Ray flags (issue 13: logitstore/ray_build.py)."""
+    b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="compute the blocks on Ray actors (pip install 'logitstore[ray]'): on a new local Ray "
+                        "cluster, or on the cluster at ADDRESS (HOST:PORT of its head, or auto); docs/cluster.md")
+    b.add_argument("--actors", type=int, default=None, metavar="N",
+                   help="with --ray: number of actors, one ONNX Runtime session each, of --threads threads (default "
+                        "1) on CPU actors (default: one actor per GPU of the cluster, else one per CPU)")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -164,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
             max_length=args.max_length, encoding=args.dtype, chunk_rows=args.chunk_rows,
             token_budget=args.token_budget, provider=args.provider, threads=args.threads, metric=args.metric,
             task=args.task, stride=args.stride, top_k=args.top_k, temperatures=_floats(args.temperatures),
-            logp_step=args.logp_step,
+            logp_step=args.logp_step, ray=args.ray, actors=args.actors,
         )
         result = build_store(cfg)
         print_info(result.store)

@@ -151,7 +151,7 @@ def test_older_reader_refuses_format_3_in_one_line(lm_store, monkeypatch):
     from logitstore.errors import FormatVersionError
 
     monkeypatch.setattr(fmt, "READABLE_VERSIONS", (1, 2))  # what a version-2 logitstore reads
-    with pytest.raises(FormatVersionError, match="format version 3 is not readable") as info:
+    with pytest.raises(FormatVersionError, match="format version 4 is not readable") as info:  # block records
         open_store(lm_store)
     assert "\n" not in str(info.value)
 

@@ -161,46 +161,44 @@ class CausalLM(Task):
             arrays["nll"] = ((tokens,), "float32")
         return arrays
 
-    def fill_split(self, store: Any, ckpt: str, data: SplitData, session: Any, cfg: Any) -> bool:
-        """Run the graph over the split in blocks of ``cfg.chunk_rows`` rows, encode each block
-        (logitstore/topk.py) and write it, then its progress (a rerun resumes from there)."""
+    def prepare_entry(self, store: Any, ckpt: str, data: SplitData, spec: Any) -> Any:
+        """The entry's arrays (ids, logp, lse; nll in the validation split) and block records."""
+        task = self.for_store(store.meta)
+        arrays = task.entry_arrays(store.meta, data.name, int(data.offsets[-1]))
+        fills = {"ids": 0, "logp": 255, "lse": float("nan"), "nll": float("nan")}
+        return store.prepare_entry(ckpt, data.name, len(data), spec.chunk_rows,
+                                   {k: (shape, dt, fills[k]) for k, (shape, dt) in arrays.items()})
+
+    def write_block(self, store: Any, ckpt: str, data: SplitData, session: Any, spec: Any, index: int,
+                    rows: np.ndarray, on_rows: Any = None) -> float | None:
+        """Run the graph over the block's rows, encode them (logitstore/topk.py) and write them,
+        then the block's record (logitstore/blocks.py runs the blocks and resumes)."""
         from logitstore.infer import plan_batches
         from logitstore.padding import pad_batch
-        from logitstore.progress import Progress
 
         task = self.for_store(store.meta)
-        spec = task.entry_arrays(store.meta, data.name, int(data.offsets[-1]))
-        fills = {"ids": 0, "logp": 255, "lse": float("nan"), "nll": float("nan")}
-        progress = store.prepare_entry(ckpt, data.name, len(data), cfg.chunk_rows,
-                                       {k: (shape, dt, fills[k]) for k, (shape, dt) in spec.items()})
-        if progress.complete:
-            return True
-        with Progress() as bar:
-            shown = bar.add_task(f"{ckpt} / {data.name}", total=len(data), completed=progress.rows_done,
-                                 resumed_from=progress.rows_done)
-            for start in range(progress.rows_done, len(data), cfg.chunk_rows):
-                rows = np.arange(start, min(start + cfg.chunk_rows, len(data)))
-                lengths = data.lengths[rows]
-                first = int(data.offsets[start])
-                parts: dict[str, list[tuple[int, np.ndarray]]] = {n: [] for n in self.output_names}
-                for batch in plan_batches(lengths, cfg.token_budget):
-                    feed = pad_batch(data.input_ids, data.offsets, None, rows[batch], store.meta.pad_token_id,
-                                     session.input_names)
-                    res = session.session.run(list(self.output_names), feed)
-                    for j, i in enumerate(batch):
-                        at = int(data.offsets[rows[i]]) - first
-                        for n, v in zip(self.output_names, res):
-                            parts[n].append((at, v[j, :lengths[i]]))
-                    bar.advance(shown, len(batch))
-                out = {n: np.concatenate([v for _, v in sorted(p, key=lambda x: x[0])]) for n, p in parts.items()}
-                enc = encode_topk(out["topk_values"], out["topk_ids"], out["lse"], task.temperatures, task.step,
-                                  task.vocab_size)
-                block = {"ids": enc.ids, "logp": enc.logp, "lse": enc.lse}
-                if "nll" in spec:
-                    block["nll"] = out["nll"].astype(np.float32)
-                store.write_entry_block(ckpt, data.name, first, block, rows_done=int(rows[-1]) + 1,
-                                        max_abs_err=enc.max_abs_err)
-        return True
+        lengths = data.lengths[rows]
+        first = int(data.offsets[rows[0]])
+        parts: dict[str, list[tuple[int, np.ndarray]]] = {n: [] for n in self.output_names}
+        for batch in plan_batches(lengths, spec.token_budget):
+            feed = pad_batch(data.input_ids, data.offsets, None, rows[batch], store.meta.pad_token_id,
+                             session.input_names)
+            res = session.session.run(list(self.output_names), feed)
+            for j, i in enumerate(batch):
+                at = int(data.offsets[rows[i]]) - first
+                for n, v in zip(self.output_names, res):
+                    parts[n].append((at, v[j, :lengths[i]]))
+            if on_rows is not None:
+                on_rows(len(batch))
+        out = {n: np.concatenate([v for _, v in sorted(p, key=lambda x: x[0])]) for n, p in parts.items()}
+        enc = encode_topk(out["topk_values"], out["topk_ids"], out["lse"], task.temperatures, task.step,
+                          task.vocab_size)
+        block = {"ids": enc.ids, "logp": enc.logp, "lse": enc.lse}
+        if data.name == store.meta.validation_split:
+            block["nll"] = out["nll"].astype(np.float32)
+        err = float(np.float32(enc.max_abs_err))
+        store.write_entry_block(ckpt, data.name, index, first, block, max_abs_err=err)
+        return err
 
     def read_topk(self, store: Any, ckpt: str, split: str, start: int = 0, stop: int | None = None) -> Any:
         """A checkpoint's decoded top-k (logitstore.topk.TopK) for tokens [start, stop) of a split."""
