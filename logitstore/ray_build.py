@@ -67,6 +67,8 @@ def connected(address: str, cpus: int | None = None) -> Iterator[None]:
     CPUs, default all), or the cluster at ``address``; left as it was when this process is
     connected already. Raises ClusterError naming the fix."""
     ray = _ray()
+    if address != "local":
+        _reachable(address)
     if ray.is_initialized():
         yield
         return
@@ -74,7 +76,6 @@ def connected(address: str, cpus: int | None = None) -> Iterator[None]:
         ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")
     else:
-        _reachable(address)
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         except (ConnectionError, RuntimeError, ValueError) as exc:
