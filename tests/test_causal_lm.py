@@ -92,7 +92,7 @@ def test_build_matches_pytorch_full_logits(lm_store, lm_run):
     from transformers import AutoModelForCausalLM
 
     store = open_store(lm_store)
-    assert store.meta.format_version == 3 and store.meta.top_k == K and store.meta.temperatures == list(TEMPS)
+    assert store.meta.format_version == 4 and store.meta.top_k == K and store.meta.temperatures == list(TEMPS)
     split = store.read_split("validation")
     top = LM.read_topk(store, "checkpoint-1", "validation")
     model = AutoModelForCausalLM.from_pretrained(lm_run / "checkpoint-1", attn_implementation="eager").eval()

@@ -106,6 +106,25 @@ def test_ray_build_equals_the_single_process_build_file_for_file(ray_address, ti
     assert open_store(out).meta.format_version == 4
 
 
+@pytest.mark.parametrize("task", ["causal-lm", "ner"])
+def test_token_layouts_on_two_actors_equal_one_process(ray_address, lm_run, ner_run, tmp_path, task):
+    """The causal-LM top-k and the token layouts write chunks that blocks share: the Ray build
+    runs them in units that never share one, and gives the same files."""
+    from conftest import write_lm_splits, write_ner_splits
+    from logitstore.cli import main
+
+    if task == "causal-lm":
+        data = write_lm_splits(tmp_path / "data", {"train": 40, "validation": 16})
+        args = ["--teacher", str(lm_run), "--top-k", "8", "--max-length", "32"]
+    else:
+        data = write_ner_splits(tmp_path / "data", {"train": 60, "validation": 20})
+        args = ["--teacher", str(ner_run)]
+    common = ["build", "--task", task, *args, "--data", str(data), "--chunk-rows", "4", "--threads", "1"]
+    assert main([*common, "--out", str(tmp_path / "one.zarr")]) == 0
+    assert main([*common, "--out", str(tmp_path / "ray.zarr"), "--ray", ray_address, "--actors", "2"]) == 0
+    _assert_same_store(tmp_path / "one.zarr", tmp_path / "ray.zarr")
+
+
 # ---------------------------------------------------------------------------- kills
 def test_kill9_of_the_driver_then_rerun_computes_only_the_missing_blocks(ray_address, tiny_teachers, data, reference,
                                                                          tmp_path):
