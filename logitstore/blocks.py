@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from logitstore.errors import TeacherOutputError
+from logitstore.errors import StoreCorruptError, TeacherOutputError
 from logitstore.store import SplitData
 from logitstore.tasks import get_task
 
@@ -114,8 +114,8 @@ class Tally:
         """Mark the entry complete (every block must be recorded: the caller ran them all)."""
         if not self.store.finish_entry(self.ckpt, self.split):
             left = len(missing(self.store, self.ckpt, self.split))
-            raise TeacherOutputError(f"entry {self.ckpt}/{self.split} still misses {left} block(s) after the build "
-                                     "ran them; rerun the same command to compute them")
+            raise StoreCorruptError(f"entry {self.ckpt}/{self.split} of store {self.store.path} still misses {left} "
+                                    "block record(s) after the build ran them; rerun the same command to compute them")
 
 
 def fill_split(store: Any, ckpt: str, data: SplitData, session: Any, spec: BlockSpec) -> None:

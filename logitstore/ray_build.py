@@ -73,6 +73,9 @@ def connected(address: str, cpus: int | None = None) -> Iterator[None]:
         yield
         return
     if address == "local":
+        # Ray runs its workers at nice 15 by default; on a machine shared with other busy processes
+        # that gives the actors less CPU than a build without --ray gets (docs/benchmarks.md)
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")
     else:
