@@ -14,6 +14,11 @@ spread evenly over the other ids) is compared with the full one (the teacher nev
     truncation + quantisation (the stored values); mean tail mass 1 - sum p_topk.
 
 Also what each trick buys at every K: ids without delta coding, log-probabilities as fp16.
+Sampled mode (`--sample N`, RS-KD): N ids drawn per token at tau = 1 by the sampled task's own
+graph function (logitstore/tasks/causal_lm_sampled.py), encoded as the store encodes them
+(logitstore/sampled.py: distinct ids, counts, log-probabilities, lse), with the same error
+measure over the distinct drawn ids (what a sampled store is for is the unbiased KL estimate
+of students/sparse_loss.py, not a reconstruction; the measure is reported for comparison).
 
     python benchmarks/bench_lm_topk.py --tokens 4096 --max-length 512 --threads 2
 """
@@ -27,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +44,7 @@ from demo.splits import rotten_tomatoes_splits  # noqa: E402
 from logitstore.topk import DEFAULT_STEP, encode_topk  # noqa: E402
 
 KS = (8, 16, 32, 50, 64, 128)
+SAMPLES = (8, 16, 32, 64)  # draws per token of the sampled mode
 STEPS = (1 / 32, 1 / 16, 1 / 8, 1 / 4)  # quantisation steps compared at k = STEP_K
 STEP_K = 50
 
@@ -79,16 +86,52 @@ def zarr_bytes(arrays: dict[str, np.ndarray], chunk: int | None = None) -> int:
         return sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file() and p.name != "zarr.json")
 
 
-def rebuild_kl(neg_entropy: torch.Tensor, log_p_kept: torch.Tensor, log_r_kept: torch.Tensor, v: int) -> torch.Tensor:
+def rebuild_kl(neg_entropy: torch.Tensor, log_p_kept: torch.Tensor, log_r_kept: torch.Tensor, v: int,
+               kept: torch.Tensor | None = None) -> torch.Tensor:
     """KL(p || r) per token, r = the rebuilt distribution: the kept ids with log-probabilities
     ``log_r_kept`` (n, K), the rest of the mass spread evenly over the other V - K ids.
-    ``neg_entropy`` (n,) = sum_V p log p; ``log_p_kept`` (n, K) the exact kept log-probabilities.
+    ``neg_entropy`` (n,) = sum_V p log p; ``log_p_kept`` (n, K) the exact kept log-probabilities;
+    ``kept`` (n, K) bool: which slots hold a kept id (sampled rows: the distinct draws).
     KL = sum_V p log p - sum_kept p log r - P_tail * log(R_tail / (V - K))."""
+    if kept is not None:
+        log_p_kept, log_r_kept = (x.masked_fill(~kept, float("-inf")) for x in (log_p_kept, log_r_kept))
+        k = kept.sum(-1)  # (n,)
+        p_kept = log_p_kept.exp()
+        p_tail = (1 - p_kept.sum(-1)).clamp_min(0)
+        r_tail = (1 - log_r_kept.exp().sum(-1)).clamp_min(1e-12)
+        return neg_entropy - torch.where(kept, p_kept * log_r_kept, 0).sum(-1) - p_tail * (r_tail.log() - (v - k).log())
     k = log_p_kept.shape[1]
     p_kept = log_p_kept.exp()
     p_tail = (1 - p_kept.sum(-1)).clamp_min(0)  # (n,)
     r_tail = (1 - log_r_kept.exp().sum(-1)).clamp_min(1e-12)  # (n,)
     return neg_entropy - (p_kept * log_r_kept).sum(-1) - p_tail * (r_tail.log() - np.log(v - k))
+
+
+def sample_block(z: torch.Tensor, lse: torch.Tensor, neg_ent: torch.Tensor, draws: int, seed: int, step: float,
+                 acc: dict[str, Any]) -> None:
+    """Draw ``draws`` ids per token of ``z`` (n, V) with the sampled task's graph function,
+    encode them as the store does and add their encoding and rebuild KL to ``acc``."""
+    import copy
+    from types import SimpleNamespace
+
+    from logitstore.sampled import encode_sampled
+    from logitstore.tasks import get_task
+
+    task = copy.copy(get_task("causal-lm-sampled"))
+    task.sample, task.temperatures, task.vocab_size, task.sample_temperature = draws, (1.0,), z.shape[1], 1.0
+    u = torch.from_numpy(np.random.default_rng(seed).random((1, len(z), draws), dtype=np.float32))
+    feed = {"input_ids": torch.zeros((1, len(z)), dtype=torch.long), "draws": u}
+    ids, vals, zmax, lse_abs, _ = (t[0] for t in task.graph_outputs(SimpleNamespace(logits=z[None]), feed))
+    e = encode_sampled(ids.numpy(), vals.numpy(), zmax.numpy(), lse_abs.numpy(), (1.0,), step, z.shape[1])
+    acc["enc"].append(e)
+    kept = torch.from_numpy(e.counts > 0)
+    sorted_ids = torch.from_numpy(np.cumsum(e.ids.astype(np.int64), axis=1))
+    stored = torch.from_numpy(-e.logp.astype(np.float64) * step - e.lse.astype(np.float64))  # (n, N)
+    exact = z.gather(1, sorted_ids).double() - lse.double()
+    acc["kl_trunc"] += float(rebuild_kl(neg_ent, exact, exact, z.shape[1], kept).sum())
+    acc["kl_stored"] += float(rebuild_kl(neg_ent, exact, stored, z.shape[1], kept).sum())
+    acc["tail"] += float((1 - torch.where(kept, exact.exp(), 0).sum(-1)).sum())
+    acc["distinct"] += float(kept.sum())
 
 
 def measure(model_dir: Path, rows: np.ndarray, batch: int, step: float) -> dict[float, dict[str, float]]:
@@ -101,6 +144,7 @@ def measure(model_dir: Path, rows: np.ndarray, batch: int, step: float) -> dict[
     dense_sample = None
     forward_s = 0.0
     steps: dict[float, dict] = {}
+    sampled = {d: {"enc": [], "kl_trunc": 0.0, "kl_stored": 0.0, "tail": 0.0, "distinct": 0.0} for d in SAMPLES}
     for a in range(0, len(rows), batch):
         tick = time.perf_counter()
         with torch.no_grad():
@@ -111,6 +155,8 @@ def measure(model_dir: Path, rows: np.ndarray, batch: int, step: float) -> dict[
         lse = torch.logsumexp(z, -1, keepdim=True)  # (n, 1)
         neg_ent = torch.cat([(torch.log_softmax(c.double(), -1).exp() * torch.log_softmax(c.double(), -1)).sum(-1)
                              for c in z.split(256)])  # (n,) sum_V p log p
+        for d in SAMPLES:
+            sample_block(z, lse, neg_ent, d, a, step, sampled[d])
         for k in KS:
             values, ids = torch.topk(z, k, -1)  # (n, k)
             e = encode_topk(values.numpy(), ids.numpy(), lse.numpy(), (1.0,), step, v)
@@ -144,6 +190,10 @@ def measure(model_dir: Path, rows: np.ndarray, batch: int, step: float) -> dict[
         out[-st] = {"bytes": zarr_bytes({"ids": ids, "logp": logp, "lse": lse}) / n,
                     "bytes_lse_fp16": zarr_bytes({"ids": ids, "logp": logp, "lse": lse.astype(np.float16)}) / n,
                     "kl_stored": d["kl"] / n, "kl_trunc": out[STEP_K]["kl_trunc"]}
+    for d, acc in sampled.items():
+        arrays = {name: np.concatenate([getattr(e, name) for e in acc["enc"]]) for name in ("ids", "counts", "logp", "lse")}
+        out[1000 + d] = {"bytes": zarr_bytes(arrays) / n, **{m: acc[m] / n for m in ("kl_trunc", "kl_stored", "tail",
+                                                                                     "distinct")}}
     out[0] = {"dense_fp16_raw": 2.0 * v, "dense_fp16_zstd": zarr_bytes({"z": dense_sample}, 64) / len(dense_sample),
               "forward_tokens_per_s": n / forward_s, "vocab": v}
     return out
@@ -169,6 +219,13 @@ def report(res: dict[float, dict[str, float]], tokens: int, max_length: int, thr
         r = res[-st]
         lines.append(f"| 1/{round(1 / st)} | {r['bytes']:.1f} | {r['bytes_lse_fp16']:.1f} | {r['kl_stored']:.4f} "
                      f"| {r['kl_stored'] - r['kl_trunc']:.5f} |")
+    lines += ["", "Sampled (`--sample N`, drawn at tau = 1; the rebuilt distribution keeps the distinct drawn ids):", "",
+              "| N draws | store B/token | x smaller than dense fp16 | distinct ids/token | mass of the drawn ids "
+              "| KL exact values | KL stored |", "|---|---|---|---|---|---|---|"]
+    for nd in SAMPLES:
+        r = res[1000 + nd]
+        lines.append(f"| {nd} | {r['bytes']:.1f} | {d['dense_fp16_raw'] / r['bytes']:,.0f} | {r['distinct']:.1f} "
+                     f"| {1 - r['tail']:.3f} | {r['kl_trunc']:.4f} | {r['kl_stored']:.4f} |")
     lines.append(f"\nPyTorch forward (float32, eager): {d['forward_tokens_per_s']:.0f} tokens/s.")
     return "\n".join(lines)
 

@@ -47,7 +47,7 @@ def prepare(store: Any, ckpt: str, data: SplitData, spec: BlockSpec) -> Any:
     its arrays and block records. Returns its LogitsMeta."""
     task = get_task(store.meta.task).for_store(store.meta)
     meta = task.prepare_entry(store, ckpt, data, spec)
-    if meta is not None:  # a task with its own entry layout (causal-LM top-k)
+    if meta is not None:  # a task with its own entry layout (causal-LM top-k or sampled)
         return meta
     per_token = store.meta.layout == "token"
     return store.prepare_logits(ckpt, data.name, len(data), store.meta.num_labels, spec.encoding, spec.chunk_rows,
@@ -61,8 +61,8 @@ def missing(store: Any, ckpt: str, split: str) -> list[int]:
 
 def write_block(store: Any, ckpt: str, data: SplitData, session: Any, spec: BlockSpec, index: int,
                 on_rows: Callable[[int], None] | None = None) -> tuple[int, float]:
-    """Compute block ``index`` of split ``data`` with the ONNX ``session``, write it and then
-    its record. Returns (its rows, its largest encoding error). ``on_rows(n)`` after each
+    """Compute block ``index`` of split ``data`` with ``session`` (an ONNX Runtime session, or
+    a torch_runtime.TorchSession for ``--runtime torch``), write it and then its record. Returns (its rows, its largest encoding error). ``on_rows(n)`` after each
     inference batch of n rows. Raises TeacherOutputError for NaN or inf logits."""
     task = get_task(store.meta.task).for_store(store.meta)
     rows = block_rows(index, len(data), spec)

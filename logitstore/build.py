@@ -14,22 +14,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from logitstore import __version__, storage
 from logitstore.checkpoints import Checkpoint, discover, read_config, weights_sha256
 from logitstore.data import (DataConfig, dataset_fingerprint, load_splits, source_file, tokenize_split,
                              tokenizer_fingerprint, truncation_warning)
 from logitstore.format import ENCODINGS
 from logitstore.errors import (CheckpointError, DataError, LogitStoreError, StoreCorruptError,
-                               StoreMismatchError, TeacherOutputError)
-from logitstore.export import PARITY_TOLERANCE, export_checkpoint, load_model, parity_error
+                               StoreMismatchError)
+from logitstore.export import PARITY_TOLERANCE
 from logitstore.format import FORMAT_VERSION, CheckpointMeta, StoreMeta
-from logitstore.infer import make_session, pad_batch, plan_batches
 from logitstore.progress import console
 from logitstore.scoring import scored
 from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, TOKENIZER_FILES, LogitStore, SplitData
 from logitstore.tasks import Task, get_task, task_of_architecture, task_of_folders
+from logitstore.teacher import check_teacher, open_teacher
 from logitstore.writer import StoreWriter
 
 
@@ -66,6 +64,10 @@ class BuildConfig:
     top_k: int = 50  # causal-lm: kept ids per token, and the temperatures whose log-sum-exp is stored
     temperatures: tuple[float, ...] = (1.0,)
     logp_step: float = 0.125  # causal-lm: quantisation step (nats) of the stored log-probabilities
+    sample: int = 0  # causal-lm: draws per token (RS-KD) instead of the top-k, at sample_temperature, seeded
+    sample_temperature: float = 1.0
+    sample_seed: int = 0
+    runtime: str = "onnx"  # or "torch": the teacher runs in PyTorch (logitstore/torch_runtime.py)
     ray: str | None = None  # --ray: "local" (a local Ray cluster) or a cluster address; None: this process
     actors: int | None = None  # --actors: Ray actors (default: one per GPU, else one per CPU of the cluster)
     data_config: DataConfig = field(init=False, repr=False)
@@ -79,6 +81,7 @@ class BuildConfig:
             task = get_task(self.task) if self.task else task_of_folders(self.teachers)
         except ValueError as exc:
             raise DataError(f"--task: {exc}") from exc
+        task = task.for_build(self)  # (causal LM: the sampled variant with --sample)
         object.__setattr__(self, "task", task.name)
         object.__setattr__(self, "text_columns", tuple(self.text_columns or task.text_columns))
         object.__setattr__(self, "label_column", self.label_column or task.label_column)
@@ -92,6 +95,9 @@ class BuildConfig:
                 or not self.logp_step > 0):
             problems.append(f"--top-k must be >= 1, --temperatures positive numbers and --logp-step > 0; got "
                             f"{self.top_k}, {','.join(map(str, self.temperatures))} and {self.logp_step} instead")
+        if self.runtime not in ("onnx", "torch"):
+            problems.append(f"--runtime must be onnx or torch; got {self.runtime!r} instead")
+        problems += task.build_problems(self)
         if self.actors is not None and (self.actors < 1 or self.ray is None):
             problems.append(f"--actors needs --ray and must be >= 1; got {self.actors} instead")
         if self.chunk_rows < 1:
@@ -222,7 +228,7 @@ def _check_tasks(ckpts: list[Checkpoint], task: Task, out: Path | str) -> None:
         except (OSError, ValueError):
             continue  # loading the checkpoint reports it
         found = task_of_architecture(arch)
-        if found is not None and found is not (held or task):
+        if found is not None and not isinstance(held or task, type(found)):  # (a variant: causal-lm-sampled)
             where = f"store {out} holds {held.name}" if held else f"this build is {task.name} (--task)"
             raise StoreMismatchError(
                 f"checkpoint {ck.name} is a {found.name} model ({arch[0]}) but {where}; build it into a store "
@@ -272,7 +278,9 @@ def _open_or_create(path: Path | str, meta: StoreMeta, hashes: dict[str, str]) -
     old = store.meta
     checks = [("task", old.task, meta.task), ("QA stride", old.stride, meta.stride),
               ("top-k", old.top_k, meta.top_k), ("temperatures", old.temperatures, meta.temperatures),
-              ("log-prob step", old.logp_step, meta.logp_step),
+              ("log-prob step", old.logp_step, meta.logp_step), ("--sample", old.sample, meta.sample),
+              ("--sample-temperature", old.sample_temperature, meta.sample_temperature),
+              ("--sample-seed", old.sample_seed, meta.sample_seed),
               ("tokenizer", old.tokenizer_fingerprint, meta.tokenizer_fingerprint),
               ("label set", old.label_names, meta.label_names),
               ("text columns", old.text_columns, meta.text_columns),
@@ -332,29 +340,18 @@ def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
             console.print(f"checkpoint [bold]{ck.name}[/]: complete, skipped")
             return False
     task = get_task(store.meta.task).for_store(store.meta)
-    _check_teacher(ck, store.meta, task, tokenizer)
+    check_teacher(ck, store.meta, task, tokenizer)
     t0 = time.perf_counter()
-    val = splits[store.meta.validation_split]
-    sample = _sample_batches(val, store.meta.pad_token_id, tuple(store.meta.input_names))
-    with console.status(f"exporting {ck.name} to ONNX"):
-        exp = export_checkpoint(ck.path, sample, cfg.parity_tolerance, weights_sha=wsha, task=task)
-    session = make_session(exp.onnx_path, cfg.provider, cfg.threads)
-    parity = exp.parity_max_abs_err
-    if session.provider != "CPU":  # the parity that counts is the one of the provider that runs
-        parity = max(parity, parity_error(load_model(ck.path, task), session.session, sample, exp.input_names, task))
-        if parity > cfg.parity_tolerance:
-            raise CheckpointError(f"{session.provider} execution of {ck.name} differs from PyTorch by {parity:.3g}; "
-                                  "use --provider cpu")
-    console.print(f"checkpoint [bold]{ck.name}[/]: ONNX {'cached' if exp.cached else 'exported'}, "
-                  f"parity max |err| {parity:.2e}, provider [bold]{session.provider}[/]")
+    teacher = open_teacher(ck, task, cfg, splits[store.meta.validation_split], store.meta, wsha)
+    session = teacher.session
     meta = CheckpointMeta(
         name=ck.name, source_path=str(ck.path), weights_sha256=wsha, num_labels=store.meta.num_labels,
-        encoding=task.encoding or cfg.encoding, parity_max_abs_err=parity, parity_tolerance=cfg.parity_tolerance,
-        provider=session.provider, onnx_path=str(exp.onnx_path), metric=cfg.metric, step=ck.step,
-        layout=store.meta.layout,
+        encoding=task.encoding or cfg.encoding, parity_max_abs_err=teacher.parity,
+        parity_tolerance=cfg.parity_tolerance, provider=session.provider, onnx_path=teacher.onnx_path,
+        metric=cfg.metric, step=ck.step, layout=store.meta.layout, runtime=teacher.runtime,
     )
     store.put_checkpoint(meta)
-    fill_blocks(store, ck, exp.onnx_path, session, cfg, splits)
+    fill_blocks(store, ck, teacher.onnx_path, session, cfg, splits)
     errs = [store.logits_meta(ck.name, s).max_abs_err for s in splits]
     meta = replace(scored(store, meta, splits), encode_max_abs_err=max(errs),  # every split's loss and metrics
                    build_seconds=round(time.perf_counter() - t0, 3), complete=True)
@@ -362,31 +359,6 @@ def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
     console.print(f"checkpoint [bold]{ck.name}[/]: validation loss {meta.val_loss:.4f}, "
                   f"{cfg.metric} {meta.val_score:.4f}")
     return True
-
-
-def _check_teacher(ck: Checkpoint, meta: StoreMeta, task: Task, tokenizer: Any) -> None:
-    from transformers import AutoTokenizer
-
-    cfg = read_config(ck.path)  # its task was checked against the store's by _check_tasks
-    problem = task.teacher_problem(cfg.num_labels, [cfg.id2label[i] for i in range(cfg.num_labels)],
-                                   list(meta.label_names))
-    if problem:
-        raise StoreMismatchError(f"checkpoint {ck.name} {problem}")
-    if (ck.path / "tokenizer_config.json").exists() or (ck.path / "tokenizer.json").exists():
-        fp = tokenizer_fingerprint(AutoTokenizer.from_pretrained(ck.path, trust_remote_code=False))
-        if fp != meta.tokenizer_fingerprint:
-            raise StoreMismatchError(
-                f"checkpoint {ck.name} has another tokenizer than the store; use one teacher family per store"
-            )
-
-
-def _sample_batches(split: SplitData, pad_id: int, names: tuple[str, ...], rows: int = 32) -> list[dict[str, np.ndarray]]:
-    """Up to ``rows`` real validation rows as two padded batches (short and long rows)."""
-    picked = np.arange(min(rows, len(split)))
-    out = []
-    for batch in plan_batches(split.lengths[picked], token_budget=10**9, max_batch=max(1, len(picked) // 2)):
-        out.append(pad_batch(split.input_ids, split.offsets, split.token_type_ids, picked[batch], pad_id, names))
-    return out
 
 
 def fill_blocks(store: StoreWriter, ck: Checkpoint, onnx_path: Path, session: Any, cfg: BuildConfig,

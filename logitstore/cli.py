@@ -69,6 +69,14 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    help="ONNX Runtime execution provider (default: auto = CUDA when working, else CPU)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all cores)")
     _add_ray(b)
+    _add_lm_flags(b)
+    b.add_argument("--metric", default=None, choices=sorted({m for t in TASKS.values() for m in t.metrics}),
+                   help="validation score that ranks checkpoints for ths (default: accuracy; ner: entity f1; "
+                        "qa: f1)")
+
+
+def _add_lm_flags(b: argparse.ArgumentParser) -> None:
+    """The causal-LM flags of `build` (issue 12) and --runtime."""
     b.add_argument("--top-k", type=int, default=50,
                    help="causal-lm: teacher token ids kept per position, with their log-probabilities (default: 50)")
     b.add_argument("--temperatures", default="1", metavar="T1,T2,...",
@@ -77,9 +85,15 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--logp-step", type=float, default=0.125, metavar="NATS",
                    help="causal-lm: quantisation step of the stored log-probabilities (default: 0.125; 0.0625 halves "
                         "the error for ~6%% more bytes)")
-    b.add_argument("--metric", default=None, choices=sorted({m for t in TASKS.values() for m in t.metrics}),
-                   help="validation score that ranks checkpoints for ths (default: accuracy; ner: entity f1; "
-                        "qa: f1)")
+    b.add_argument("--sample", type=int, default=0, metavar="N",
+                   help="causal-lm: instead of the top-k, draw N ids per position from the teacher's distribution "
+                        "(RS-KD) and store them with their counts (1-255; default: 0 = top-k)")
+    b.add_argument("--sample-temperature", type=float, default=1.0, metavar="T",
+                   help="causal-lm --sample: temperature of the distribution the ids are drawn from (default: 1)")
+    b.add_argument("--sample-seed", type=int, default=0, help="causal-lm --sample: seed of the draws (default: 0)")
+    b.add_argument("--runtime", default="onnx", choices=["onnx", "torch"],
+                   help="run teachers as exported ONNX graphs (default) or in PyTorch eager, for models that "
+                        "cannot be exported; recorded per checkpoint")
 
 
 def _add_ray(b: argparse.ArgumentParser) -> None:
@@ -175,7 +189,8 @@ def _run(args: argparse.Namespace) -> int:
             max_length=args.max_length, encoding=args.dtype, chunk_rows=args.chunk_rows,
             token_budget=args.token_budget, provider=args.provider, threads=args.threads, metric=args.metric,
             task=args.task, stride=args.stride, top_k=args.top_k, temperatures=_floats(args.temperatures),
-            logp_step=args.logp_step, ray=args.ray, actors=args.actors,
+            logp_step=args.logp_step, sample=args.sample, sample_temperature=args.sample_temperature,
+            sample_seed=args.sample_seed, runtime=args.runtime, ray=args.ray, actors=args.actors,
         )
         result = build_store(cfg)
         print_info(result.store)

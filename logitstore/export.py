@@ -101,7 +101,8 @@ class LogitsOnly(torch.nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feed = dict(zip(self.names, inputs))
-        return self.task.graph_outputs(self.model(**feed, **self.task.forward_kwargs), feed)
+        model_feed = {k: v for k, v in feed.items() if k not in self.task.extra_inputs}  # (sampled LM: draws)
+        return self.task.graph_outputs(self.model(**model_feed, **self.task.forward_kwargs), feed)
 
 
 def probe_inputs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
@@ -165,7 +166,7 @@ def _export(model: Any, folder: Path, target: Path, task: Task, wsha: str,
     ``sample`` (probe sentences when None), describe it (export.json) and publish it as
     ``target``. Returns the entry's export.json and whether it is another export's (a valid
     entry that appeared meanwhile, which is then used and ours dropped)."""
-    names = graph_input_names(model)
+    names = graph_input_names(model) + task.extra_inputs
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
     try:
@@ -182,7 +183,8 @@ def _export(model: Any, folder: Path, target: Path, task: Task, wsha: str,
 
 
 def _write_graph(model: Any, names: tuple[str, ...], path: Path, task: Task) -> None:
-    dummy = tuple(torch.ones((2, 8), dtype=torch.long) for _ in names)
+    dummy = tuple(torch.ones((2, 8), dtype=torch.long) for n in names if n not in task.extra_inputs)
+    dummy += tuple(torch.from_numpy(v) for v in task.extra_feed({"input_ids": np.ones((2, 8), np.int64)}).values())
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | task.graph_axes()
     try:
         with warnings.catch_warnings():
@@ -254,7 +256,8 @@ def parity_error(model: Any, session: Any, sample: list[dict[str, np.ndarray]], 
     err = 0.0
     wrapper = LogitsOnly(model, names, task).eval()
     for batch in sample:
-        feed = {n: batch[n].astype(np.int64) for n in names}
+        feed = {n: batch[n].astype(np.int64) for n in names if n not in task.extra_inputs}
+        feed |= task.extra_feed(feed)  # (sampled LM: seeded uniform draws)
         got = session.run(list(task.output_names), feed)
         with torch.no_grad():
             ref = [t.float().numpy() if t.is_floating_point() else t.numpy() for t in wrapper(*(torch.from_numpy(feed[n]) for n in names))]

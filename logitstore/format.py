@@ -85,6 +85,10 @@ class StoreMeta(_Meta):
     temperatures: list[float] | None = None
     vocab_size: int | None = None
     logp_step: float | None = None
+    #: causal-lm-sampled only: draws per token, the temperature they are drawn at, and the seed.
+    sample: int | None = None
+    sample_temperature: float | None = None
+    sample_seed: int | None = None
     format_version: int = FORMAT_VERSION
     format: str = FORMAT_NAME
 
@@ -95,7 +99,7 @@ class StoreMeta(_Meta):
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON; the causal-LM fields only when set, so dense stores stay exactly version 2."""
         d = super().to_dict()
-        for key in ("top_k", "temperatures", "vocab_size", "logp_step"):
+        for key in ("top_k", "temperatures", "vocab_size", "logp_step", "sample", "sample_temperature", "sample_seed"):
             if d[key] is None:
                 del d[key]
         return d
@@ -176,6 +180,8 @@ class CheckpointMeta(_Meta):
     parity_tolerance: float
     provider: str
     layout: str = "row"
+    #: "onnx" (exported graph on ONNX Runtime) or "torch" (``--runtime torch``: PyTorch eager; added within format 3)
+    runtime: str = "onnx"
     onnx_path: str | None = None
     encode_max_abs_err: float | None = None
     metric: str = "accuracy"
@@ -186,6 +192,14 @@ class CheckpointMeta(_Meta):
     build_seconds: float | None = None
     complete: bool = False
     split_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON; ``runtime`` only when it is not the default "onnx", so entries built by
+        ONNX Runtime are written exactly as before the field existed."""
+        d = super().to_dict()
+        if d["runtime"] == "onnx":
+            del d["runtime"]
+        return d
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ def print_info(path: Path | str, console: Console | None = None) -> LogitStore:
     console = console or Console(width=None if sys.stdout.isatty() else 150)
     store = open_store(path)
     m = store.meta
-    labels = f"labels: {', '.join(m.label_names)}" if m.top_k is None else (  # causal-lm: what each token keeps
-        f"top-k {m.top_k} of {m.vocab_size:,} ids, lse at tau {', '.join(f'{t:g}' for t in m.temperatures or [])}")
+    keeps = f"top-k {m.top_k}" if m.top_k else f"{m.sample} draws at tau {m.sample_temperature or 1:g}"
+    labels = f"labels: {', '.join(m.label_names)}" if m.vocab_size is None else (  # causal-lm: what each token keeps
+        f"{keeps} of {m.vocab_size:,} ids, lse at tau {', '.join(f'{t:g}' for t in m.temperatures or [])}")
     console.print(f"[bold]{path}[/]  format v{m.format_version}, {m.task}, {labels}, "
                   f"text: {' + '.join(m.text_columns)}, max length {m.max_length}")
     if m.source_file:
@@ -91,7 +92,7 @@ def _checkpoints_table(store: LogitStore, entries: list[Entry], split_entries: l
         if c is None:
             ck.add_row(e.name, *[""] * 9, _status(e))
             continue
-        vectors = "tokens" if m.layout == "token" else "rows"  # one logit vector per token or per row
+        vectors = "rows" if m.layout == "row" else "tokens"  # one logit vector per token or per row
         logits = sum(getattr(x.meta, vectors) for x in split_entries if x.meta is not None) * max(1, c.num_labels)  # causal-lm: bytes/token
         nbytes = store.nbytes_on_disk(f"checkpoints/{c.name}", _block_records)
         ck.add_row(c.name, "" if c.step is None else str(c.step),

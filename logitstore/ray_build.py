@@ -3,7 +3,8 @@
 The driver (the `logitstore build` process) does what a single-process build does (data,
 tokenized splits, ONNX export, parity, scores) except computing blocks: for each checkpoint
 it starts N actors (:class:`BlockWorker`), each with one ONNX Runtime session (one GPU each,
-``num_gpus=1``, on GPU nodes; one CPU each otherwise). An actor reads the split's token ids
+``num_gpus=1``, on GPU nodes; one CPU each otherwise), or with ``--runtime torch`` the model
+in PyTorch (logitstore/torch_runtime.py; each worker then needs the checkpoint folder). An actor reads the split's token ids
 from the store, computes the blocks it is given, and writes each block and its record
 straight to the store (a folder or a URL) through logitstore/blocks.py, the code the single
 process build runs. The driver hands out blocks, shows one progress bar and alone updates an
@@ -91,23 +92,29 @@ def connected(address: str, cpus: int | None = None) -> Iterator[None]:
 
 
 class BlockWorker:
-    """One Ray actor: an ONNX Runtime session of one checkpoint and the store, open for writing."""
+    """One Ray actor: an ONNX Runtime session of one checkpoint (or, with ``--runtime torch``,
+    the model in PyTorch, loaded from the checkpoint folder) and the store, open for writing."""
 
-    def __init__(self, store_path: str, ckpt: str, onnx_path: str, export: tuple[Any, ...], provider: str,
+    def __init__(self, store_path: str, ckpt: str, onnx_path: str | None, export: tuple[Any, ...], provider: str,
                  threads: int | None, spec: BlockSpec, exit_after: int | None) -> None:
         from logitstore.infer import make_session
+        from logitstore.tasks import get_task
         from logitstore.writer import StoreWriter
 
         self.store = StoreWriter.open(store_path)
-        path = Path(onnx_path)
-        if not path.is_file():  # this worker has no shared export cache: export the checkpoint here
-            from logitstore.export import export_checkpoint
-            from logitstore.tasks import get_task
+        source, tolerance, sha = export
+        task = get_task(self.store.meta.task).for_store(self.store.meta)
+        if onnx_path is None:  # --runtime torch: the model in PyTorch, from the checkpoint folder
+            from logitstore.torch_runtime import torch_session
 
-            source, tolerance, sha = export
-            task = get_task(self.store.meta.task).for_store(self.store.meta)
-            path = export_checkpoint(Path(source), None, tolerance, weights_sha=sha, task=task).onnx_path
-        self.session = make_session(path, provider, threads)
+            self.session: Any = torch_session(Path(source), task, threads)
+        else:
+            path = Path(onnx_path)
+            if not path.is_file():  # this worker has no shared export cache: export the checkpoint here
+                from logitstore.export import export_checkpoint
+
+                path = export_checkpoint(Path(source), None, tolerance, weights_sha=sha, task=task).onnx_path
+            self.session = make_session(path, provider, threads)
         self.ckpt, self.spec, self.exit_after, self.done = ckpt, spec, exit_after, 0
         self.splits: dict[str, SplitData] = {}
 
@@ -148,7 +155,7 @@ def units(todo: list[int], data: SplitData, spec: BlockSpec, row_layout: bool) -
 class ActorPool:
     """The actors of one checkpoint (a context manager: they are ended on exit)."""
 
-    def __init__(self, store: Any, ck: Any, onnx_path: Path, cfg: Any, spec: BlockSpec) -> None:
+    def __init__(self, store: Any, ck: Any, onnx_path: Path | str | None, cfg: Any, spec: BlockSpec) -> None:
         self.ray = _ray()
         self.store, self.ckpt, self.spec = store, ck.name, spec
         resources = self.ray.cluster_resources()
@@ -164,7 +171,8 @@ class ActorPool:
         exit_after = int(os.environ[EXIT_AFTER_ENV]) if os.environ.get(EXIT_AFTER_ENV) else None
         export = (str(ck.path), cfg.parity_tolerance, store.checkpoint(ck.name).weights_sha256)
         remote = self.ray.remote(BlockWorker).options(max_restarts=0, **options)
-        self.actors = [remote.remote(str(store.path), ck.name, str(onnx_path), export, cfg.provider, threads, spec,
+        graph = None if onnx_path is None else str(onnx_path)  # None: --runtime torch
+        self.actors = [remote.remote(str(store.path), ck.name, graph, export, cfg.provider, threads, spec,
                                      exit_after) for _ in range(n)]
         self._check_provider(store.checkpoint(ck.name).provider)
 
@@ -176,7 +184,7 @@ class ActorPool:
                                "the CPUs/GPUs asked for?); pass fewer --actors or add nodes") from None
         except self.ray.exceptions.RayError as exc:
             raise _reason(exc, "starting the Ray actors") from None
-        if used != {driver}:
+        if used != {driver}:  # (--runtime torch: "torch" on both)
             raise ClusterError(f"the Ray actors run ONNX Runtime on {', '.join(sorted(used))} but this driver on "
                                f"{driver} (where parity was checked); run the build on a node like the workers, "
                                "or pass --provider")

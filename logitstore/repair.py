@@ -76,7 +76,7 @@ def repair_plan(path: str | os.PathLike[str], offsets: dict[str, np.ndarray],
     token layout maps damaged token chunks to the row blocks that wrote them)."""
     report = scan(path, read=True, checkpoints=checkpoints)
     raw = raw_store(path)
-    token_layout = report.layout == "token"
+    token_layout = report.layout != "row"  # token logits, or a causal-LM entry (per token, in row blocks)
     splits = frozenset(e.name for e in report.damaged if e.kind == "split")
     entries: dict[str, set[str]] = {}
     blocks: dict[str, dict[str, set[tuple[int, int]]]] = {}
@@ -92,6 +92,11 @@ def repair_plan(path: str | os.PathLike[str], offsets: dict[str, np.ndarray],
                 entries.setdefault(e.name, set()).add(split)
                 continue
             meta = LogitsMeta.from_dict(_group_meta(raw, f"checkpoints/{e.name}/{split}"))
+            if parts[-1] == "blocks":  # a block's record (format 4): chunk i is build block i
+                per = int(meta.block_rows or _array(raw, f"checkpoints/{e.name}/{split}/logits").chunks[0])
+                start = d.chunk * per
+                blocks.setdefault(e.name, {}).setdefault(split, set()).add((start, min(start + per, meta.rows)))
+                continue
             arr = _array(raw, d.node)
             block = int(meta.block_rows) if token_layout and meta.block_rows else int(arr.chunks[0])
             assert d.span is not None
@@ -168,6 +173,19 @@ def find_damage(store: Any, splits: dict[str, Any], checkpoints: Iterable[str]) 
     return plan
 
 
+def _teacher(ck: Any, meta: CheckpointMeta, cfg: Any, task: Any) -> Any:
+    """The runtime that computed the entry (its metadata's ``runtime``): its ONNX graph on
+    the provider it ran on, or the model in PyTorch (``--runtime torch``)."""
+    if meta.runtime == "torch":
+        from logitstore.torch_runtime import torch_session
+
+        return torch_session(ck.path, task, cfg.threads)
+    from logitstore.export import export_checkpoint
+
+    exp = export_checkpoint(ck.path, None, cfg.parity_tolerance, weights_sha=meta.weights_sha256, task=task)
+    return _session(exp.onnx_path, meta.provider, cfg)
+
+
 def _session(onnx_path: Path, recorded: str, cfg: Any) -> Any:
     """A session on the provider that computed the entry (when --provider is auto), so the
     rewritten blocks match the rest; any working provider if that one is not here."""
@@ -186,16 +204,10 @@ def repair_checkpoint(store: Any, ck: Any, meta: CheckpointMeta, cfg: Any, split
                       plan: RepairPlan) -> int:
     """Rewrite the damaged blocks and entries ``plan`` lists for the complete checkpoint
     ``ck`` (store entry ``meta``); returns the number of blocks computed."""
-    from logitstore.export import export_checkpoint
-
     task = get_task(store.meta.task).for_store(store.meta)
-    exp = export_checkpoint(ck.path, None, cfg.parity_tolerance, weights_sha=meta.weights_sha256, task=task)
-    session = _session(exp.onnx_path, meta.provider, cfg)
+    session = _teacher(ck, meta, cfg, task)
     raw = raw_store(store.path, writable=True)
     whole = plan.entries.get(ck.name, frozenset())
-    own = task.entry_arrays(store.meta, "", 0) is not None  # causal-LM top-k: damaged entries are rebuilt whole
-    if own:
-        whole = whole | frozenset(plan.blocks.get(ck.name, {}))
     spec = BlockSpec(cfg.chunk_rows, cfg.token_budget, meta.encoding)
     done = 0
     for split in sorted(whole):
@@ -206,12 +218,14 @@ def repair_checkpoint(store: Any, ck: Any, meta: CheckpointMeta, cfg: Any, split
         store.finish_entry(ck.name, split)
     assert plan.report is not None
     damaged = next((e for e in plan.report.damaged if e.kind == "checkpoint" and e.name == ck.name), None)
-    for split, ranges in sorted({} if own else plan.blocks.get(ck.name, {}).items()):
+    for split, ranges in sorted(plan.blocks.get(ck.name, {}).items()):
         # Drop the damaged chunks first: a block that covers a chunk only in part (token layout)
         # makes zarr read the chunk to update it, and a damaged one cannot be read.
         for d in damaged.damage if damaged else []:
             if d.chunk is not None and d.node.split("/")[2] == split:
                 _delete_chunk(raw, store, d.node, d.chunk)
+        # Every layout (dense rows or tokens, causal-LM top-k or sampled) rewrites the same blocks
+        # as the build wrote them, through blocks.write_block (each row's draws seeded by the row).
         entry = replace(spec, chunk_rows=store.logits_chunk_rows(ck.name, split))  # the blocks it was built in
         indices = [start // entry.chunk_rows for start, _ in ranges]
         done += _write_blocks(store, ck.name, splits[split], session, entry, indices)

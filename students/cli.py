@@ -3,6 +3,7 @@
     students train --store logits.zarr --distance ce --temperature 2 --alpha 0.5 --teacher tll --layers 2 --out runs/s
     students sweep --store logits.zarr --strategy greedy --seeds 3 --out runs/sweep
     students report runs/sweep
+    students study study.toml --out runs/study        (then: students report runs/study)
 
 Errors of either package's hierarchy (logitstore.errors.LogitStoreError,
 students.errors.StudentsError) print as one line (``error: ...``) with exit code 2;
@@ -82,11 +83,15 @@ OPTIONS = (
     Option("seed", "seed of initialisation, dropout and batch order", "optimisation", True, metavar="N"),
     Option("eval_every", "evaluate on validation every N steps (default: at the end of each epoch)",
            "optimisation", metavar="N"),
+    Option("patience", "early stopping: stop after N evaluations on validation (see --eval-every) without a "
+           "better task metric, keeping the best student (default: train the whole run)", "optimisation",
+           metavar="N"),
     Option("device", "cpu, cuda, cuda:N, mps or auto (cuda when torch sees a GPU, else cpu)", "runtime",
            metavar="NAME"),
     Option("threads", "CPU threads of torch and of an online ONNX teacher; a sweep with --workers N gives each "
-           f"run THREADS // N (default: the CPUs this process may use, capped by OMP_NUM_THREADS: "
-           f"{default_threads()} here)", "runtime", metavar="N"),
+           f"run THREADS // N, one with --ray asks the cluster for THREADS CPUs per run (default 1 there; "
+           f"else the CPUs this process may use, capped by OMP_NUM_THREADS: {default_threads()} here)",
+           "runtime", metavar="N"),
     Option("memory_budget_mb", "logits of a split larger than this are streamed by chunks instead of read into "
            "RAM", "runtime", metavar="MB"),
     Option("loader", "ram = read the logits into RAM, stream = read them chunk by chunk, auto = by "
@@ -183,9 +188,16 @@ def _add_sweep(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         shown = str(len(defaults.seeds)) if key == "seeds" else _fmt(getattr(defaults, key))  # seeds: a count
         v.add_argument("--" + key.replace("_", "-"), default=None, metavar=metavar, help=f"{text} [{shown}]",
                        type=float if key.startswith("base_") else str)
-    w.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="run N configurations at once in separate processes, each with --threads // N torch "
-                        "threads (default: 1, in this process)")
+    w.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run N configurations at once in separate processes on this machine, each with "
+                        "--threads // N torch threads (default: 1, in this process)")
+    w.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="send each run to a Ray cluster as one task with --threads CPUs (default 1): no ADDRESS = "
+                        "a local cluster started for the sweep, auto = the cluster `ray start` runs here, "
+                        "HOST:PORT = that cluster's head node. Needs the ray extra; see docs/cluster.md")
+    w.add_argument("--gpus-per-run", type=float, default=0.0, metavar="G",
+                   help="with --ray: GPUs each run asks the cluster for (e.g. 1 with --device cuda; 0.5 puts "
+                        "two runs on one GPU) (default: 0)")
     w.add_argument("--save-models", default="best", choices=SAVE_MODELS,
                    help="which runs keep their student model once the sweep completes: best = per student size "
                         "the best seed of the winner and of each baseline (hinton, recommended, no KD); all; none. "
@@ -212,7 +224,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_train(sub, common)
     _add_sweep(sub, common)
     _add_report(sub, common)
+    from students.study.cli import add_study
+
+    add_study(sub, common, _add_options, _SWEEP_FIELDS)
     return p
+
+
+_SWEEP_FIELDS = [o.field for o in OPTIONS if not o.train_only]  # the training flags of sweep and study
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -226,11 +244,20 @@ def _run(args: argparse.Namespace) -> int:
 
         space = load_space(args.space, {k: getattr(args, k) for k in SPACE_KEYS})
         template = TrainConfig(store=args.store, out=args.out, progress=False, **config_kwargs(args, "sweep"))
-        run_sweep(SweepConfig(args.store, args.out, args.strategy, space, args.workers, template, args.save_models))
+        run_sweep(SweepConfig(args.store, args.out, args.strategy, space, args.workers, template,
+                              args.save_models, args.ray, args.gpus_per_run))
         return 0
+    if args.command == "study":
+        from students.study.cli import run_study_command
+
+        return run_study_command(args, _SWEEP_FIELDS)
     if args.command == "report":
         from students.report import write_report
+        from students.study import STUDY_FILE, write_study_report
 
+        if os.path.exists(os.path.join(args.sweep_dir, STUDY_FILE)):  # a study folder: the study report
+            print("wrote " + ", ".join(str(p) for p in write_study_report(args.sweep_dir, args.out)))
+            return 0
         report = write_report(args.sweep_dir, args.out)
         print("wrote " + ", ".join(str(p) for p in report.files))
         return 0

@@ -174,6 +174,8 @@ class TrainConfig:
     ``memory_budget_mb`` and streams them otherwise. ``save_checkpoints`` also saves the
     student at every evaluation as ``OUT/checkpoint-<step>`` (the transformers layout), e.g.
     when fine-tuning a teacher with alpha 0 whose checkpoints then go into the store.
+    ``patience`` stops the run after that many evaluations in a row without a better
+    validation metric (None: never early); the best student is kept either way.
     ``threads`` is the CPU threads of torch and of an online ONNX teacher (None:
     ``default_threads()``); it changes speed, not results, so it is not in run keys.
     """
@@ -215,6 +217,7 @@ class TrainConfig:
     threads: int | None = None
     tail: str = "bucket"  # causal-LM stores: the teacher's mass outside its top-k (students/sparse_loss.py)
     beta: float = 0.5  # causal-LM stores: beta of the generalized JSD
+    patience: int | None = None  # stop after this many evaluations without improvement (students/early_stop.py)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -240,6 +243,8 @@ class TrainConfig:
                 p.append(f"{name.replace('_', ' ')} must be >= 1. Got {getattr(self, name)} instead")
         if self.threads is not None and self.threads < 1:
             p.append(f"threads must be >= 1 or unset. Got {self.threads} instead")
+        if self.patience is not None and self.patience < 1:
+            p.append(f"patience must be >= 1 or unset. Got {self.patience} instead")
         if self.eval_every is not None and self.eval_every < 1:
             p.append(f"eval every must be >= 1 or unset. Got {self.eval_every} instead")
         if self.tail not in TAILS or not 0 < self.beta < 1:

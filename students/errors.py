@@ -37,3 +37,8 @@ class StoreContentError(StudentsError, LookupError):
 
 class OnlineTeacherError(StudentsError, RuntimeError):
     """The teacher cannot be run online (no source checkpoint, no exported ONNX model)."""
+
+
+class ClusterError(StudentsError, RuntimeError):
+    """Runs cannot be sent where they were asked to go: Ray missing or unreachable, a cluster
+    too small for one run, a local worker process that died."""

@@ -15,6 +15,11 @@ Evaluation (validation, then test): next-token ``accuracy`` (the checkpoint metr
 ``perplexity`` = exp(mean CE), ``top1_agreement`` with the teacher's top-1 id and ``kl``,
 KL(teacher || student) with the tail as one bucket at tau = 1 (renormalised over the kept
 ids when the store has no lse at 1), on every labelled token of the split.
+
+Sampled stores (``--sample N``): the targets are the drawn ids with weights counts / N (times
+p_t / p_s at a stored tau_t other than the sampling temperature), the loss the unbiased
+forward-KL estimate (students/sparse_loss.py; other distances and --online are refused);
+``kl`` is that estimate at tau = 1 and ``top1_agreement`` uses the most likely drawn id.
 """
 from __future__ import annotations
 
@@ -32,12 +37,13 @@ from rich.console import Console
 from logitstore.store import LogitStore, SplitData, open_store
 from logitstore.tasks import IGNORE, get_task
 from logitstore.tasks.causal_lm import CausalLM
+from logitstore.sampled import Sampled
 from logitstore.topk import decode_topk, encode_topk
 from students.config import TrainConfig, output_dir
 from students.data import Batch, SplitBatches
 from students.errors import ConfigError, StoreContentError
 from students.model import build_student
-from students.sparse_loss import SparseLossConfig, SparseTargets, sparse_distance, sparse_kd_loss
+from students.sparse_loss import SampledTargets, SparseLossConfig, SparseTargets, sparse_distance, sparse_kd_loss
 
 
 def is_lm_store(path: str) -> bool:
@@ -56,6 +62,11 @@ def loss_config(config: TrainConfig, store: LogitStore) -> tuple[SparseLossConfi
         raise ConfigError(f"invalid KD loss settings: {exc}", [str(exc)]) from exc
     temps = [float(t) for t in store.meta.temperatures or []]
     column = temps.index(kd.tau_t) if kd.tau_t in temps else None
+    if store.meta.sample and cfg.alpha > 0 and (cfg.distance != "fkl" or column is None):
+        raise StoreContentError(
+            f"store {store.path} holds sampled teacher targets, which serve the forward KL (--distance ce or fkl) "
+            f"at a stored temperature ({', '.join(f'{t:g}' for t in temps)}); got --distance {kd.distance} at "
+            f"tau_t {kd.tau_t:g} instead: change those, or build a top-k store")
     if cfg.needs_lse and cfg.alpha > 0 and column is None:
         raise StoreContentError(
             f"teacher temperature {kd.tau_t:g} has no stored log-sum-exp in store {store.path} (stored: "
@@ -80,6 +91,9 @@ class Targets:
                  online: str | None = None) -> None:
         self.task = get_task(store.meta.task).for_store(store.meta)
         self.meta, self.column, self.online = store.meta, column, online
+        if online and store.meta.sample:
+            raise StoreContentError(f"--online is not supported for sampled stores ({store.path}); train from the "
+                                    "cached draws (drop --online)")
         self.topk = None if online else self.task.read_topk(store, ckpt, split.name)
         if online == "onnx":
             from logitstore.runtime import make_session
@@ -101,9 +115,12 @@ class Targets:
             return [t.numpy() for t in self.task.graph_outputs(out, feed)]
 
     def get(self, batch: Batch, mask: torch.Tensor, flat: np.ndarray,
-            columns: tuple[int | None, ...] | None = None) -> list[SparseTargets]:
+            columns: tuple[int | None, ...] | None = None) -> list[Any]:
         """Targets of the tokens ``mask`` selects (their flat numbers ``flat``), one per lse
-        column in ``columns`` (default: the loss's)."""
+        column in ``columns`` (default: the loss's): SparseTargets, or SampledTargets for a
+        sampled store."""
+        if isinstance(self.topk, Sampled):
+            return [self._sampled(flat, c, mask.device) for c in (columns or (self.column,))]
         if self.topk is not None:
             ids, rel, lse = self.topk.ids[flat], self.topk.rel[flat], self.topk.lse[flat]
         else:
@@ -119,6 +136,21 @@ class Targets:
                 for c in (columns or (self.column,))]
 
 
+    def _sampled(self, flat: np.ndarray, column: int | None, device: torch.device) -> SampledTargets:
+        """Draws of tokens ``flat`` with weights for tau_t = temperatures[column] (the sampling
+        temperature's column when None): counts / N times p_t / p_s (students/sparse_loss.py)."""
+        temps = self.task.temperatures
+        s_col = temps.index(self.task.sample_temperature)
+        col = s_col if column is None else column
+        got = self.topk
+        log_p = got.rel[flat] / temps[col] - got.lse[flat, col:col + 1]  # (n, S)
+        log_ps = got.rel[flat] / temps[s_col] - got.lse[flat, s_col:s_col + 1]  # (n, S)
+        w = got.counts[flat] / self.task.sample * np.exp(log_p - log_ps)  # (n, S)
+        return SampledTargets(torch.from_numpy(got.ids[flat]).to(device),
+                              torch.from_numpy(w.astype(np.float32)).to(device),
+                              torch.from_numpy(log_p.astype(np.float32)).to(device))
+
+
 @torch.no_grad()
 def evaluate_lm(student: torch.nn.Module, batches: SplitBatches, targets: Targets | None,
                 cfg: SparseLossConfig, device: torch.device) -> Any:
@@ -129,7 +161,7 @@ def evaluate_lm(student: torch.nn.Module, batches: SplitBatches, targets: Target
     was = student.training
     student.eval()
     temps = [float(t) for t in batches.store.meta.temperatures or []]
-    kl_cfg = SparseLossConfig(tail="bucket" if 1.0 in temps else "renormalize")
+    kl_cfg = SparseLossConfig(tail="bucket" if 1.0 in temps else "renormalize")  # (sampled: the KL estimate)
     kl_col = temps.index(1.0) if 1.0 in temps else None
     sums = {"ce": 0.0, "hit": 0.0, "agree": 0.0, "kl": 0.0, "kd": 0.0}
     n = 0
@@ -142,7 +174,7 @@ def evaluate_lm(student: torch.nn.Module, batches: SplitBatches, targets: Target
         sums["hit"] += float((z.argmax(-1) == y).sum())
         if targets is not None:
             tg, kl_tg = targets.get(batch, mask, flat, (targets.column, kl_col))
-            top1 = tg.ids.gather(-1, tg.rel.argmax(-1, keepdim=True))[:, 0]  # (N,) lowest id among ties
+            top1 = tg.top1  # (N,) lowest id among ties; the most likely drawn id for a sampled store
             sums["agree"] += float((z.argmax(-1) == top1).sum())
             sums["kl"] += float(sparse_distance(z, kl_tg, kl_cfg)) * len(y)
             sums["kd"] += float(sparse_distance(z, tg, cfg)) * len(y)

@@ -167,7 +167,7 @@ def load_report(sweep_dir: str | os.PathLike[str]) -> SweepReport:
     manifest = read_manifest(d)
     if manifest is None:
         raise ResultsFileError(f"{d} holds no {MANIFEST}; run `students sweep --out {d}` first")
-    records = load_results(d)
+    records = {k: r for k, r in load_results(d).items() if "failed" not in r}  # failed runs have no metrics
     try:
         groups = _groups(d, manifest, records)
         outcomes = [LayersOutcome.from_dict(o) for o in manifest["outcomes"]]

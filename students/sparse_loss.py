@@ -25,7 +25,15 @@ Distances D(p_t, q), per token, over those classes (then the mean over tokens):
   each centred on its mean over the kept ids (the teacher's logits are stored relative to
   the row maximum only; with k = vocab this is the dense MSE of mean-centred logits).
 
-With k = vocab every distance equals its dense counterpart (tested). The loss of a batch is
+With k = vocab every distance equals its dense counterpart (tested).
+
+Sampled targets (RS-KD, a ``causal-lm-sampled`` store): per token the distinct ids drawn from
+p_s (the teacher at the sampling temperature s) with weights ``w_i = counts_i / N *
+p_t(i) / p_s(i)`` (the importance ratio is 1 when tau_t = s), and the exact ``log p_t(i)``
+of the drawn ids. Only ``fkl`` has an unbiased estimator from draws of p:
+``KL(p_t || q) ~= sum_i w_i (log p_t(i) - log q(i))``, whose expectation over the draws is
+the dense KL exactly (E[counts_i] = N p_s(i); tested with counts at their expectation and
+against many draws). No tail is involved: the draws cover the whole vocabulary. The loss of a batch is
 ``(1 - alpha) * CE(next token, z_s) + alpha * tau_s**2 * D``, the tau_s**2 convention and
 the alpha continuity of students/loss.py. Everything is float32 and computed in chunks of
 ``chunk`` tokens, each recomputed in the backward pass (activation checkpointing), so the
@@ -52,6 +60,30 @@ class SparseTargets:
     ids: torch.Tensor
     rel: torch.Tensor
     lse: torch.Tensor | None = None
+
+
+    @property
+    def top1(self) -> torch.Tensor:
+        """(N,) the teacher's most likely kept id (the lowest among ties)."""
+        return self.ids.gather(-1, self.rel.argmax(-1, keepdim=True))[:, 0]
+
+
+@dataclass(frozen=True)
+class SampledTargets:
+    """Teacher draws for N tokens: ``ids`` (N, S) int64 distinct drawn ids (unused slots
+    weigh 0), ``weights`` (N, S) float32 (see the module docstring; they sum to ~1 per
+    token, exactly 1 when tau_t is the sampling temperature), ``log_p`` (N, S) float32 =
+    log p_t of the ids at the loss's tau_t."""
+
+    ids: torch.Tensor
+    weights: torch.Tensor
+    log_p: torch.Tensor
+
+    @property
+    def top1(self) -> torch.Tensor:
+        """(N,) the most likely drawn id."""
+        masked = self.log_p.masked_fill(self.weights <= 0, float("-inf"))
+        return self.ids.gather(-1, masked.argmax(-1, keepdim=True))[:, 0]
 
 
 @dataclass(frozen=True)
@@ -132,12 +164,26 @@ def _per_token(zs: torch.Tensor, ids: torch.Tensor, rel: torch.Tensor, lse: torc
     return b * _kl(log_p, log_m) + (1 - b) * _kl(log_q, log_m)
 
 
-def sparse_distance(student_logits: torch.Tensor, targets: SparseTargets, cfg: SparseLossConfig) -> torch.Tensor:
+def _sampled_per_token(zs: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, log_p: torch.Tensor,
+                       cfg: SparseLossConfig) -> torch.Tensor:
+    """The KL estimate for one chunk of tokens: zs (n, V), ids/weights/log_p (n, S) -> (n,)."""
+    s = zs.float() / cfg.tau_s  # (n, V)
+    log_q = s.gather(-1, ids) - torch.logsumexp(s, dim=-1, keepdim=True)  # (n, S)
+    return (weights.float() * (log_p.float() - log_q)).sum(dim=-1)
+
+
+def sparse_distance(student_logits: torch.Tensor, targets: "SparseTargets | SampledTargets",
+                    cfg: SparseLossConfig) -> torch.Tensor:
     """tau_s**2 * mean over the N tokens of D(p_t, q): a scalar float32 tensor.
 
-    ``student_logits`` (N, V); ``targets`` of the same N tokens. Raises ValueError when the
-    loss needs the teacher's lse (``tail="bucket"``) and ``targets.lse`` is None."""
-    if cfg.needs_lse and targets.lse is None:
+    ``student_logits`` (N, V); ``targets`` of the same N tokens (sampled targets: the
+    unbiased KL estimate, ``fkl`` only). Raises ValueError when the loss needs the teacher's
+    lse (``tail="bucket"``) and ``targets.lse`` is None, or for another distance on draws."""
+    sampled = isinstance(targets, SampledTargets)
+    if sampled and cfg.distance != "fkl":
+        raise ValueError(f"sampled teacher targets give an unbiased estimate of the forward KL only; use distance "
+                         f"fkl (ce) instead of {cfg.distance}, or a top-k store")
+    if not sampled and cfg.needs_lse and targets.lse is None:
         raise ValueError("the bucket tail needs the teacher's log-sum-exp at tau_t; none was given")
     n = len(student_logits)
     if n == 0:
@@ -145,17 +191,22 @@ def sparse_distance(student_logits: torch.Tensor, targets: SparseTargets, cfg: S
     total = student_logits.new_zeros((), dtype=torch.float32)
     for a in range(0, n, cfg.chunk):
         b = min(a + cfg.chunk, n)
-        lse = targets.lse[a:b] if targets.lse is not None else None
-        args = (student_logits[a:b], targets.ids[a:b], targets.rel[a:b], lse)
-        if student_logits.requires_grad:  # recompute the chunk's (chunk, V) tensors in backward
-            part = checkpoint(_per_token, *args, cfg, use_reentrant=False)
+        if sampled:
+            fn, args = _sampled_per_token, (student_logits[a:b], targets.ids[a:b], targets.weights[a:b],
+                                            targets.log_p[a:b])
         else:
-            part = _per_token(*args, cfg)
+            lse = targets.lse[a:b] if targets.lse is not None else None
+            fn, args = _per_token, (student_logits[a:b], targets.ids[a:b], targets.rel[a:b], lse)
+        if student_logits.requires_grad:  # recompute the chunk's (chunk, V) tensors in backward
+            part = checkpoint(fn, *args, cfg, use_reentrant=False)
+        else:
+            part = fn(*args, cfg)
         total = total + part.sum()
     return cfg.tau_s**2 * total / n
 
 
-def sparse_kd_loss(student_logits: torch.Tensor, labels: torch.Tensor | None, targets: SparseTargets | None,
+def sparse_kd_loss(student_logits: torch.Tensor, labels: torch.Tensor | None,
+                   targets: SparseTargets | SampledTargets | None,
                    cfg: SparseLossConfig) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(loss, ce, kd) of N tokens: ``(1 - alpha) * CE(labels, z_s) + alpha * kd`` with
     kd = ``sparse_distance``; ``student_logits`` (N, V), ``labels`` (N,) next-token ids.

@@ -33,6 +33,7 @@ from logitstore.store import LogitStore, SplitData, open_store
 from logitstore.tasks import Task, get_task
 from students.config import DENSE_DISTANCES, KDLossConfig, OptimConfig, TrainConfig, default_threads, output_dir
 from students.data import Batch, SplitBatches
+from students.early_stop import EarlyStop, stopped_record
 from students.errors import ConfigError, StoreContentError
 from students.loss import task_loss
 from students.model import StudentInit, build_student, forward_kwargs
@@ -79,6 +80,7 @@ class TrainResult:
     train_seconds: float
     examples_per_s: float
     teacher_score: float | None = None  # the teacher checkpoint's validation score (CheckpointMeta), None without one
+    early_stop: dict[str, Any] | None = None  # students/early_stop.py: stopped?, step/epoch stopped, best step/epoch
 
 
 @torch.no_grad()
@@ -256,9 +258,11 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     from students.lm import is_lm_store, train_lm  # causal-LM stores: sparse top-k targets (issue 12)
 
     if is_lm_store(config.store):
+        if config.patience is not None:
+            raise ConfigError("--patience is not supported on causal-LM stores yet; leave it out", [])
         return train_lm(config, console)
     run = _prepare(config, console)
-    loss_cfg, student, name = config.loss, run.student, run.ckpt.name if run.ckpt else None
+    loss_cfg, student = config.loss, run.student
     steps_per_epoch = len(run.train_batches)
     total_steps = config.optim.total_steps(steps_per_epoch)
     opt, sched = _optimizer(student, config.optim, total_steps)
@@ -267,12 +271,12 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
 
     losses: list[float] = []
     best: tuple[float, int, EvalResult, dict[str, torch.Tensor]] | None = None
-    running = _Running()
+    running, stop, stopped = _Running(), EarlyStop(config.patience), False
     step, epoch, examples, eval_seconds = 0, 0, 0, 0.0
     started = time.perf_counter()
     with open(out / "metrics.jsonl", "w") as log, _progress(config.progress, console) as bar:
         task = bar.add_task("train", total=total_steps, rate="", loss="-")
-        while step < total_steps:
+        while step < total_steps and not stopped:
             for batch in run.train_batches.epoch(epoch):
                 parts = _train_step(student, run.train_teacher, batch.to(run.device), config, loss_cfg, opt, sched,
                                     run.task)
@@ -286,22 +290,38 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
                     tick = time.perf_counter()
                     line = {"step": step, "epoch": epoch + 1, **running.means(), "lr": sched.get_last_lr()[0]}
                     best = _evaluate_and_keep(run, config, out, line, log, best)
+                    stopped = stop.update(improved=best[1] == step) and step < total_steps
                     running = _Running()
                     eval_seconds += time.perf_counter() - tick
-                if step == total_steps:
+                if step == total_steps or stopped:
                     break
             epoch += 1
     train_seconds = time.perf_counter() - started - eval_seconds
 
-    _, best_step, best_result, state = best
-    student.load_state_dict(state)
-    test = evaluate(student, *run.evals[1], loss_cfg, run.device) if len(run.evals) > 1 else None
-    student.save_pretrained(out)
-    run.store.save_tokenizer(out)
-    result = TrainResult(out, name, run.metric, step, best_step, best_result, test, losses, train_seconds,
-                         examples / train_seconds, run.ckpt.val_score if run.ckpt else None)
+    stopped_at = stopped_record(stopped, step, epoch_of(step, steps_per_epoch), best[1],
+                                epoch_of(best[1], steps_per_epoch))
+    result = _finish(run, config, out, best, losses, train_seconds, examples / train_seconds, stopped_at)
     _write_summary(result, console)
     return result
+
+
+def epoch_of(step: int, steps_per_epoch: int) -> int:
+    """The epoch (from 1) that step ``step`` (from 1) belongs to."""
+    return (step - 1) // steps_per_epoch + 1
+
+
+def _finish(run: _Run, config: TrainConfig, out: Path, best: tuple[float, int, EvalResult, dict[str, torch.Tensor]],
+            losses: list[float], train_seconds: float, examples_per_s: float,
+            early_stop: dict[str, Any]) -> TrainResult:
+    """Restore the best student, evaluate it on test (when the store has one), save it to OUT."""
+    _, best_step, best_result, state = best
+    run.student.load_state_dict(state)
+    test = evaluate(run.student, *run.evals[1], config.loss, run.device) if len(run.evals) > 1 else None
+    run.student.save_pretrained(out)
+    run.store.save_tokenizer(out)
+    return TrainResult(out, run.ckpt.name if run.ckpt else None, run.metric, len(losses), best_step, best_result,
+                       test, losses, train_seconds, examples_per_s, run.ckpt.val_score if run.ckpt else None,
+                       early_stop)
 
 
 def _evaluate_and_keep(run: _Run, config: TrainConfig, out: Path, line: dict[str, Any], log: Any,
@@ -343,9 +363,11 @@ def _write_summary(r: TrainResult, console: Console) -> None:
     summary = {"checkpoint": r.checkpoint, "metric": r.metric, "steps": r.steps, "best_step": r.best_step,
                "best_validation": r.best.to_dict(), "test": r.test.to_dict() if r.test else None,
                "final_train_loss": r.losses[-1], "train_seconds": round(r.train_seconds, 3),
-               "examples_per_s": round(r.examples_per_s, 2)}
+               "examples_per_s": round(r.examples_per_s, 2), "early_stop": r.early_stop}
     (r.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    stopped = r.early_stop is not None and r.early_stop["stopped"]
     console.print(f"best {r.metric} on {r.best.split}: {r.best.score(r.metric):.4f} at step {r.best_step}"
+                  + (f"; stopped early at step {r.steps} (--patience)" if stopped else "")
                   + (f"; test {r.metric}: {r.test.score(r.metric):.4f}" if r.test else "") + f"; wrote {r.out}")
 
 

@@ -217,7 +217,8 @@ def test_padded_vocabulary_is_handled_and_said(tmp_path, capsys, _env):
 
 
 # ---------------------------------------------------------------------------- kill -9
-def test_kill9_mid_build_then_resume_equals_uninterrupted(lm_run, tmp_path):
+@pytest.mark.parametrize("mode", [(), ("--sample", "8")], ids=["topk", "sampled"])
+def test_kill9_mid_build_then_resume_equals_uninterrupted(mode, lm_run, tmp_path):
     import os
     import signal
     import subprocess
@@ -226,7 +227,7 @@ def test_kill9_mid_build_then_resume_equals_uninterrupted(lm_run, tmp_path):
 
     data = write_lm_splits(tmp_path / "data", {"train": 1500, "validation": 40}, seed=5)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
-    cmd = [sys.executable, "-m", "logitstore.cli", *_build_args(lm_run, data, tmp_path / "X")]
+    cmd = [sys.executable, "-m", "logitstore.cli", *_build_args(lm_run, data, tmp_path / "X", *mode)]
     cmd[cmd.index("--chunk-rows") + 1] = "8"
 
     def args(out: Path) -> list[str]:
@@ -257,7 +258,7 @@ def test_kill9_mid_build_then_resume_equals_uninterrupted(lm_run, tmp_path):
     assert a.checkpoint_names() == b.checkpoint_names() == ["checkpoint-1", "checkpoint-2"]
     for ck in a.checkpoint_names():
         for split in ("train", "validation"):
-            names = ("ids", "logp", "lse") + (("nll",) if split == "validation" else ())
+            names = ("ids", "logp", "lse") + (("counts",) if mode else ()) + (("nll",) if split == "validation" else ())
             ra, rb = a.read_entry(ck, split, names), b.read_entry(ck, split, names)
             assert all(np.array_equal(ra[k], rb[k], equal_nan=False) for k in names), (ck, split)
         assert a.checkpoint(ck).val_loss == b.checkpoint(ck).val_loss

@@ -107,16 +107,18 @@ def test_ray_build_equals_the_single_process_build_file_for_file(ray_address, ti
     assert open_store(out).meta.format_version == 4
 
 
-@pytest.mark.parametrize("task", ["causal-lm", "ner"])
-def test_token_layouts_on_two_actors_equal_one_process(ray_address, lm_run, ner_run, tmp_path, task):
-    """The causal-LM top-k and the token layouts write chunks that blocks share: the Ray build
-    runs them in units that never share one, and gives the same files."""
+@pytest.mark.parametrize("task, mode", [("causal-lm", ("--top-k", "8")), ("causal-lm", ("--sample", "8")),
+                                        ("causal-lm", ("--sample", "8", "--runtime", "torch")), ("ner", ())])
+def test_token_layouts_on_two_actors_equal_one_process(ray_address, lm_run, ner_run, tmp_path, task, mode):
+    """The causal-LM top-k and sampled layouts and the token layout write chunks that blocks
+    share: the Ray build runs them in units that never share one, and gives the same files;
+    with --runtime torch each actor runs the model in PyTorch."""
     from conftest import write_lm_splits, write_ner_splits
     from logitstore.cli import main
 
     if task == "causal-lm":
         data = write_lm_splits(tmp_path / "data", {"train": 40, "validation": 16})
-        args = ["--teacher", str(lm_run), "--top-k", "8", "--max-length", "32"]
+        args = ["--teacher", str(lm_run), *mode, "--max-length", "32"]
     else:
         data = write_ner_splits(tmp_path / "data", {"train": 60, "validation": 20})
         args = ["--teacher", str(ner_run)]

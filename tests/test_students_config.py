@@ -24,7 +24,7 @@ EVERY_FIELD = dict(store="s.zarr", out="o", distance="mse", temperature=4, stude
 FIELDS = ["store", "out", "distance", "temperature", "student_temperature", "alpha", "teacher", "layers", "init",
           "epochs", "batch_size", "eval_batch_size", "lr", "schedule", "warmup_ratio", "weight_decay",
           "max_grad_norm", "seed", "max_steps", "eval_every", "device", "online", "memory_budget_mb", "loader",
-          "buffer_chunks", "group_by_length", "progress", "save_checkpoints", "threads", "tail", "beta"]
+          "buffer_chunks", "group_by_length", "progress", "save_checkpoints", "threads", "tail", "beta", "patience"]
 
 
 def test_run_keys_of_older_sweeps_stay_the_same():
@@ -33,6 +33,7 @@ def test_run_keys_of_older_sweeps_stay_the_same():
     assert run_key(TrainConfig(**old)) == "1d0d59add118d034"
     assert run_key(TrainConfig(**EVERY_FIELD)) == "cf977034e0ed9c15"  # threads=3 there: not in the key
     assert run_key(TrainConfig(**old, group_by_length=True)) == "78a6cfac958e47b4"
+    assert run_key(TrainConfig(**old, patience=None)) == "1d0d59add118d034" != run_key(TrainConfig(**old, patience=2))
     template = SweepConfig("s.zarr", "sw", train=TrainConfig(**old)).template
     cfg = run_config(template, Point("ce", 2.0, "teacher", 0.5, "ths", 2), 1, Path("sw"))
     assert cfg.out == str(Path("sw") / "runs" / "37492e0e0be1a953")

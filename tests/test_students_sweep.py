@@ -325,11 +325,12 @@ def test_parallel_and_sequential_sweeps_give_the_same_records(store, tmp_path, _
 def test_runs_that_name_the_same_checkpoint_twice_are_run_once(tmp_path):
     """When ths and tll resolve to one checkpoint, a tll run is the ths run: it is recorded
     (marked same_run_as) but not trained again, and its results are the ths run's."""
-    from students.sweep import Runner, greedy
+    from students.sweep import Runner, Serial, greedy
 
     CALLS.clear()
     template = SweepConfig(store="fake.zarr", out=str(tmp_path), strategy="greedy", space=SPACE).template
-    runner = Runner(tmp_path, template, SPACE.seeds, fake_run, teachers={"ths": "checkpoint-9", "tll": "checkpoint-9"})
+    runner = Runner(tmp_path, template, SPACE.seeds, Serial(fake_run, 1),
+                    teachers={"ths": "checkpoint-9", "tll": "checkpoint-9"})
     outcome = greedy(SPACE, 2, runner.run_points)
     trained = [(c[0], c[1], c[2], c[3], c[5]) for c in CALLS]  # every run minus the teacher's name
     assert len(set(trained)) == len(trained)  # no run trained twice under the two names
@@ -346,6 +347,7 @@ def test_runs_that_name_the_same_checkpoint_twice_are_run_once(tmp_path):
     assert tll and tll[0].r == 0.0  # the same runs: no reward either way
 
     CALLS.clear()  # a resumed runner finds every run, twins included, and trains nothing
-    again = Runner(tmp_path, template, SPACE.seeds, fake_run, teachers={"ths": "checkpoint-9", "tll": "checkpoint-9"})
+    again = Runner(tmp_path, template, SPACE.seeds, Serial(fake_run, 1),
+                   teachers={"ths": "checkpoint-9", "tll": "checkpoint-9"})
     greedy(SPACE, 2, again.run_points)
     assert CALLS == [] and again.ran == 0

@@ -10,6 +10,9 @@ token-classification       token    (T, C): one vector per token     (T,) class 
 question-answering (qa.py) token    (T, 2): start, end per token     (R, 2) start/end token of the answer
 causal-lm (causal_lm.py)   causal-  (T, K) top-k ids + quantised     (T,) next token id, -100 at a row's end
                            lm-topk  log-probs, (T, n_tau) lse
+causal-lm-sampled          causal-  (T, N) drawn ids, counts and     (T,) next token id, -100 at a row's end
+(causal_lm_sampled.py)     lm-      quantised log-probs, (T, n_tau)
+                           sampled  lse (``--sample N``)
 =========================  =======  ==============================  =====================================
 
 ``R`` rows (examples, or windows for QA), ``T`` tokens of the split, ``C`` classes.
@@ -23,13 +26,14 @@ from pathlib import Path
 
 from logitstore.tasks.base import IGNORE, KDTerm, Task
 from logitstore.tasks.causal_lm import CausalLM
+from logitstore.tasks.causal_lm_sampled import CausalLMSampled
 from logitstore.tasks.classification import SequenceClassification
 from logitstore.tasks.ner import TokenClassification
 from logitstore.tasks.qa import QuestionAnswering
 
 #: Every task by its canonical name, in the order `--help` lists them.
 TASKS: dict[str, Task] = {t.name: t for t in (SequenceClassification(), TokenClassification(), QuestionAnswering(),
-                                              CausalLM())}
+                                              CausalLM(), CausalLMSampled())}
 #: Short names for the command line.
 ALIASES: dict[str, str] = {alias: t.name for t in TASKS.values() for alias in t.aliases}
 #: The task of a teacher whose config names no known architecture.

@@ -76,6 +76,8 @@ class Task(ABC):
     encoding: ClassVar[str | None] = None
     #: Names of the exported graph's outputs (what ``graph_outputs`` returns, in order).
     output_names: ClassVar[tuple[str, ...]] = ("logits",)
+    #: Graph inputs besides the model's (sampled causal LM: ``draws``, uniform numbers); ``extra_feed`` makes them.
+    extra_inputs: ClassVar[tuple[str, ...]] = ()
 
     @property
     def fingerprint_tag(self) -> str:
@@ -142,6 +144,10 @@ class Task(ABC):
         (causal LM: top-k, log-sum-exp), so the full tensor never leaves ONNX Runtime."""
         return (self.model_logits(output),)
 
+    def extra_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The ``extra_inputs`` for a probe or parity batch ``feed`` (input_ids (B, T)): none by default."""
+        return {}
+
     def graph_axes(self) -> dict[str, dict[int, str]]:
         """Dynamic axes of each graph output."""
         return {"logits": {0: "batch", 1: "sequence"} if self.per_token else {0: "batch"}}
@@ -157,6 +163,15 @@ class Task(ABC):
             diff = np.where(same_nonfinite, 0.0, np.abs(g - r))  # NaN where only one side is NaN
             err = max(err, float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0)))
         return err
+
+    def for_build(self, cfg: Any) -> "Task":
+        """The task a build with BuildConfig ``cfg`` writes (causal LM: its sampled variant
+        with ``--sample``); most tasks return self."""
+        return self
+
+    def build_problems(self, cfg: Any) -> list[str]:
+        """Problems with the task's own build settings (BuildConfig ``cfg``), each ending "got X instead"."""
+        return []
 
     def for_store(self, meta: Any) -> "Task":
         """This task with the settings of the store ``meta`` (a StoreMeta) that shape its

@@ -11,6 +11,9 @@ One module per part (docs/sweeps.md has the user's view):
 * ``results``: results.jsonl and sweep.json (load_results, append_record, read_manifest;
   ResultsFileError).
 * ``runner``: Runner, which trains the runs a strategy asks for that results.jsonl lacks.
+* ``executors``: where the runs train: Executor (run a batch, yield each run as it finishes),
+  Serial, Pool (--workers N) and make_executor; ``ray_executor``: RayExecutor (--ray), imported
+  only when asked for.
 * ``strategies``: the baselines, ``greedy`` (the study's search), ``grid``, rewards.
 * ``progress``: SweepProgress, the sweep's one progress line (runs done / total, ETA).
 * ``recipe``: SweepConfig and run_sweep, which ties them together (and prunes the student
@@ -28,12 +31,14 @@ from students.sweep.points import (RUNS_DIR, Point, PointStats, RunOutcome, poin
 from students.sweep.recipe import SAVE_MODELS, SweepConfig, SweepResult, run_sweep
 from students.sweep.results import (MANIFEST, RECORD_VERSION, RESULTS, ResultsFileError, append_record,
                                     load_results, read_manifest)
-from students.sweep.runner import Runner, RunFn
+from students.sweep.executors import Executor, Finished, Pool, RunFn, Serial, make_executor
+from students.sweep.runner import Runner
 from students.sweep.space import PARAMS, SPACE_KEYS, SweepSpace, SweepSpaceError, load_space, parse_space
 from students.sweep.strategies import (GREEDY_ORDER, HINTON, RECOMMENDED, STRATEGIES, TUNED, LayersOutcome, Reward,
                                        baselines, greedy, grid)
 
 __all__ = [
+    "Executor", "Finished", "Pool", "Serial", "make_executor",
     "GREEDY_ORDER", "HINTON", "MANIFEST", "PARAMS", "RECOMMENDED", "RECORD_VERSION", "RESULTS", "RUNS_DIR",
     "SAVE_MODELS",
     "SPACE_KEYS", "STRATEGIES", "TUNED", "LayersOutcome", "Point", "PointStats", "ResultsFileError", "Reward",

@@ -22,7 +22,7 @@ from students.config import TrainConfig
 RUNS_DIR = "runs"
 # TrainConfig fields that name where a run lives, how it prints or how fast it runs, not what it computes.
 NOT_IN_KEY = ("store", "out", "progress", "threads")
-_ADDED_OPTIONS = {"group_by_length": False, "tail": "bucket", "beta": 0.5}  # TrainConfig fields newer than the key format, and their defaults
+_ADDED_OPTIONS = {"group_by_length": False, "tail": "bucket", "beta": 0.5, "patience": None}  # TrainConfig fields newer than the key format, and their defaults
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class RunOutcome:
     val_eval: dict[str, Any] | None = None
     test_eval: dict[str, Any] | None = None
     teacher_score: float | None = None  # the teacher checkpoint's validation score, for the report's reference line
+    early_stop: dict[str, Any] | None = None  # TrainResult.early_stop: stopped?, where, best step/epoch
 
 
 def train_run(config: TrainConfig) -> RunOutcome:
@@ -100,7 +101,7 @@ def train_run(config: TrainConfig) -> RunOutcome:
     r = train(config, console=Console(quiet=True))
     return RunOutcome(r.metric, r.best.score(r.metric), r.test.score(r.metric) if r.test else None, r.checkpoint,
                       round(r.train_seconds, 4), r.steps, r.best_step, r.best.to_dict(),
-                      r.test.to_dict() if r.test else None, r.teacher_score)
+                      r.test.to_dict() if r.test else None, r.teacher_score, r.early_stop)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ runs"). Greedy decides each stage's candidates from the stage before, so its tot
 one stage at a time and the line says so ("L1 stage alpha: 3/8 runs ... for this stage").
 Runs found in results.jsonl (a resumed sweep) and copies of another run (ths = tll) count as
 done without time; the ETA is the mean wall time per run trained in this process so far
-(with --workers N, N runs finish in the time of one) times the runs left.
+(with --workers N or on Ray, N runs finish in the time of one) times the runs left.
 
 On a terminal the line is a rich progress bar redrawn in place; elsewhere (a log file, CI)
 it is printed as a plain line after each change, so logs show it too.

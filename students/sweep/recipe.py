@@ -23,7 +23,8 @@ from students.errors import ConfigError
 from students.sweep.points import NOT_IN_KEY, Point, train_run
 from students.sweep.progress import SweepProgress
 from students.sweep.results import RECORD_VERSION, check_same_store, prune_models, read_manifest, write_manifest
-from students.sweep.runner import Runner, RunFn
+from students.sweep.executors import RunFn, make_executor
+from students.sweep.runner import Runner
 from students.sweep.space import PARAMS, SweepSpace
 from students.sweep.strategies import GREEDY_ORDER, STRATEGIES, LayersOutcome, greedy, grid, grid_runs
 
@@ -32,18 +33,25 @@ SAVE_MODELS = ("best", "all", "none")  # which runs keep their student model onc
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """One sweep: store, folder, strategy, space, parallel workers, the training options
+    """One sweep: store, folder, strategy, space, where the runs train, the training options
     every run shares (``train``: a TrainConfig whose KD fields, seed, store and out are
     replaced per run; None = TrainConfig defaults) and which student models to keep
-    (``save_models``: SAVE_MODELS; neither it nor the threads enter run keys)."""
+    (``save_models``: SAVE_MODELS; neither it nor the threads enter run keys).
+
+    Where the runs train (students/sweep/executors.py): ``workers`` = None or 1 in this process,
+    N > 1 in a local pool of N processes; ``ray`` = "local" (a Ray cluster on this machine), "auto"
+    or a cluster address: one Ray task per run with ``train.threads`` CPUs (default 1) and
+    ``gpus_per_run`` GPUs. ``ray`` and ``workers`` > 1 exclude each other."""
 
     store: str
     out: str
     strategy: str = "greedy"
     space: SweepSpace = field(default_factory=SweepSpace)
-    workers: int = 1
+    workers: int | None = None  # None: 1 (or Ray's choice with ray)
     train: TrainConfig | None = None
     save_models: str = "best"
+    ray: str | None = None
+    gpus_per_run: float = 0.0
 
     def __post_init__(self) -> None:
         p = []
@@ -51,8 +59,17 @@ class SweepConfig:
             p.append(f"save_models must be one of {', '.join(SAVE_MODELS)}. Got {self.save_models!r} instead")
         if self.strategy not in STRATEGIES:
             p.append(f"strategy must be one of {', '.join(STRATEGIES)}. Got {self.strategy!r} instead")
-        if not isinstance(self.workers, int) or self.workers < 1:
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             p.append(f"workers must be an integer >= 1. Got {self.workers!r} instead")
+        if self.ray is not None and self.workers is not None:
+            p.append(f"--workers {self.workers} sets the local process pool; with --ray the cluster's free CPUs "
+                     "decide how many runs train at once: drop --workers (or drop --ray)")
+        if self.ray == "":
+            p.append("ray must be None, 'local', 'auto' or a cluster address. Got '' instead")
+        if not isinstance(self.gpus_per_run, (int, float)) or self.gpus_per_run < 0:
+            p.append(f"gpus_per_run must be a number >= 0. Got {self.gpus_per_run!r} instead")
+        elif self.gpus_per_run and self.ray is None:
+            p.append("--gpus-per-run asks Ray for GPUs per run: it needs --ray")
         if p:
             raise ConfigError("invalid sweep config: " + "; ".join(p), p)
 
@@ -113,17 +130,23 @@ def _run_locked(config: SweepConfig, out: Path, run_fn: RunFn, console: Console,
     manifest = _manifest(config, identity)
     write_manifest(out, manifest)
     progress = SweepProgress(console, grid_runs(config.space) if config.strategy == "grid" else None)
-    runner = Runner(out, config.template, config.space.seeds, run_fn, config.workers, console,
-                    identity["teachers"] if identity is not None else None, progress)
+    executor = make_executor(run_fn, config.template.threads, config.workers or 1, config.ray, config.gpus_per_run)
     strategy = greedy if config.strategy == "greedy" else grid
     try:
+        runner = Runner(out, config.template, config.space.seeds, executor, console,
+                        identity["teachers"] if identity is not None else None, progress)
         with progress:
             outcomes = [strategy(config.space, k, runner.run_points) for k in config.space.layers]
     finally:
-        runner.close()
+        executor.close()
     kept = _models_to_keep(outcomes, runner, config.save_models)
-    manifest.update(status="complete", outcomes=[o.to_dict() for o in outcomes], models_kept=kept)
+    manifest.update(status="complete", outcomes=[o.to_dict() for o in outcomes], models_kept=kept,
+                    failed=dict(sorted(runner.failed.items())))
     write_manifest(out, manifest)
+    if runner.failed:
+        console.print(f"[red]{len(runner.failed)} run(s) failed[/] (their worker died twice; sweep.json `failed` "
+                      f"says why); they rank below every finished run. Rerun the same command to retry them.",
+                      soft_wrap=True)
     if config.save_models != "all":
         pruned = prune_models(out, runner.asked - set(kept))
         console.print(f"kept the student models of {len(kept)} run(s) (sweep.json `models_kept`), deleted those "
@@ -140,12 +163,15 @@ def _models_to_keep(outcomes: list[LayersOutcome], runner: Runner, save_models: 
     (by validation; ties: the first seed) of the winner and of each baseline (``"best"``),
     every run (``"all"``) or none. A copy (same_run_as) keeps the run it copies."""
     if save_models == "all":
-        return {k: Point.from_dict(runner.records[k]["point"]).label() for k in sorted(runner.asked)}
+        return {k: Point.from_dict(runner.records[k]["point"]).label() for k in sorted(runner.asked)
+                if k in runner.records}
     kept: dict[str, str] = {}
     for o in outcomes if save_models == "best" else []:
         for role, p in (("winner", o.winner), ("hinton", o.hinton), ("recommended", o.recommended),
                         ("no_kd", o.no_kd)):
-            keys = [runner.key(p, s) for s in runner.seeds]
+            keys = [k for k in (runner.key(p, s) for s in runner.seeds) if k in runner.records]
+            if not keys:  # every run of it failed
+                continue
             best = max(keys, key=lambda k: runner.records[k]["val"])  # max keeps the first of equals
             best = runner.records[best].get("same_run_as", best)
             kept[best] = f"{kept[best]}, {role}" if best in kept else f"L{o.layers} {role}: {p.label()}"

@@ -3,64 +3,47 @@ each as it finishes, and answers PointStats. Strategies ask it through ``run_poi
 
 Runs that differ only in how they name the same teacher checkpoint (ths and tll resolving
 to one checkpoint) are trained once; the other is recorded with ``same_run_as`` pointing at
-it. With ``workers`` > 1 the runs of one call go to a pool of spawned processes; each run
-gets threads // workers torch threads (threads: the template's, else default_threads()).
-``run_fn`` (TrainConfig -> RunOutcome; the real one calls ``train``) is injectable so tests
-can use a fake metric.
+it. Where the runs of one call train (this process, a local process pool, a Ray cluster) is
+the executor's business (students/sweep/executors.py): the runner hands it the batch and
+records what comes back. A run that comes back failed (its worker died twice, on Ray) is
+recorded with ``failed`` (the reason) and counts as worse than any finished run; a rerun of
+the sweep trains it again.
 """
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-import time
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from rich.console import Console
 
-from students.config import TrainConfig, default_threads
-from students.sweep.points import Point, PointStats, RunOutcome, point_stats, run_config, run_key
+from students.config import TrainConfig
+from students.sweep.executors import Executor, Finished, RunFn
+from students.sweep.points import Point, PointStats, point_stats, run_config, run_key
 from students.sweep.progress import SweepProgress
 from students.sweep.results import RECORD_VERSION, RESULTS, append_record, load_results
 
-RunFn = Callable[[TrainConfig], RunOutcome]
+__all__ = ["Runner", "RunFn"]
 _Todo = dict[str, tuple[Point, int, TrainConfig]]  # key -> (point, seed, config) of the runs to train
-
-
-def _worker_init(threads: int) -> None:
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    hf_logging.disable_progress_bar()
-    torch.set_num_threads(threads)
-
-
-def _timed(run_fn: RunFn, config: TrainConfig) -> tuple[RunOutcome, float]:
-    started = time.perf_counter()
-    outcome = run_fn(config)
-    return outcome, time.perf_counter() - started
 
 
 class Runner:
     """Runs (point, seed) pairs that results.jsonl lacks, records each as it finishes and
     answers PointStats (see the module docstring)."""
 
-    def __init__(self, sweep_dir: Path, template: TrainConfig, seeds: tuple[int, ...], run_fn: RunFn,
-                 workers: int = 1, console: Console | None = None, teachers: Mapping[str, str] | None = None,
+    def __init__(self, sweep_dir: Path, template: TrainConfig, seeds: tuple[int, ...], executor: Executor,
+                 console: Console | None = None, teachers: Mapping[str, str] | None = None,
                  progress: SweepProgress | None = None) -> None:
-        self.dir, self.seeds, self.run_fn, self.workers = sweep_dir, seeds, run_fn, workers
-        self.threads = max(1, (template.threads or default_threads()) // workers)  # per run; not in run keys
-        self.template = replace(template, threads=self.threads)
+        self.dir, self.seeds, self.executor = sweep_dir, seeds, executor
+        self.template = replace(template, threads=executor.threads)  # per run; not in run keys
         self.console = console or Console(quiet=True)
-        self.records = load_results(sweep_dir, repair=True)
+        # Finished runs; a run recorded as failed is tried again by a new runner (a rerun).
+        self.records = {k: r for k, r in load_results(sweep_dir, repair=True).items() if "failed" not in r}
+        self.failed: dict[str, str] = {}  # key -> why, for the runs that failed in this runner
         self.ran = 0
         self.progress = progress
         self.asked: set[str] = set()  # the keys of every run the strategies asked for
-        self._pool: ProcessPoolExecutor | None = None
         # Teacher value -> the checkpoint it resolves to in the store (ths and tll may be the
         # same one): runs that differ only by the name of the same checkpoint are run once.
         self.teachers = dict(teachers or {})
@@ -73,16 +56,8 @@ class Runner:
         """The run key with the teacher named by the checkpoint it resolves to."""
         return run_key(replace(cfg, teacher=self.teachers.get(cfg.teacher, cfg.teacher)))
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_init, initargs=(self.threads,))
-        return self._pool
-
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self.executor.close()
 
     def run_points(self, points: Iterable[Point], stage: str = "") -> dict[Point, PointStats]:
         """Train every run of ``points`` (each seed) that results.jsonl lacks; their stats."""
@@ -97,12 +72,12 @@ class Runner:
         if self.progress is not None:
             self.progress.stage(stage, len(pts) * len(self.seeds))
             self.progress.advance(done_before)
-        if self.workers > 1 and len(todo) > 1:
-            self._run_parallel(todo)
-        else:
-            for key, (p, s, cfg) in todo.items():
-                self._record(key, p, s, *_timed(self.run_fn, cfg))
+        for done in self.executor.run({key: cfg for key, (_, _, cfg) in todo.items()}):
+            self._record(done, *todo[done.key][:2])
         for key, (p, s, twin) in twins.items():
+            if twin in self.failed:
+                self.failed[key] = self.failed[twin]
+                continue
             rec = {**self.records[twin], "key": key, "point": p.to_dict(), "seed": s, "same_run_as": twin}
             append_record(self.dir, rec)
             self.records[key] = json.loads(json.dumps(rec))
@@ -119,7 +94,7 @@ class Runner:
             for s in self.seeds:
                 cfg = run_config(self.template, p, s, self.dir)
                 key = Path(cfg.out).name
-                if key in self.records or key in todo:
+                if key in self.records or key in todo or key in self.failed:
                     continue
                 twin = self._by_twin.setdefault(self._twin_key(cfg), key)
                 if twin != key:
@@ -128,30 +103,22 @@ class Runner:
                     todo[key] = (p, s, cfg)
         return todo, twins
 
-    def _run_parallel(self, todo: _Todo) -> None:
-        pool = self._executor()
-        futures: dict[Future, str] = {pool.submit(_timed, self.run_fn, cfg): key for key, (_, _, cfg) in todo.items()}
-        pending = set(futures)
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    key = futures[fut]
-                    self._record(key, todo[key][0], todo[key][1], *fut.result())
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
-
-    def _record(self, key: str, point: Point, seed: int, outcome: RunOutcome, run_seconds: float) -> None:
-        rec = {"version": RECORD_VERSION, "key": key, "point": point.to_dict(), "seed": seed, **asdict(outcome),
-               "run_seconds": round(run_seconds, 4)}
-        append_record(self.dir, rec)
-        self.records[key] = json.loads(json.dumps(rec))  # as it reads back from the file
-        self.ran += 1
-        test = f", test {outcome.test:.4f}" if outcome.test is not None else ""
-        self.console.print(f"  {point.label()} seed {seed}: val {outcome.metric} {outcome.val:.4f}{test} "
-                           f"({outcome.train_seconds:.1f} s training)")
+    def _record(self, done: Finished, point: Point, seed: int) -> None:
+        """Append ``done`` to results.jsonl: a finished run, or a failed one with its reason."""
+        rec: dict = {"version": RECORD_VERSION, "key": done.key, "point": point.to_dict(), "seed": seed}
+        if done.outcome is None:
+            rec["failed"] = self.failed[done.key] = done.error or "unknown"
+            append_record(self.dir, rec)
+            self.console.print(f"  {point.label()} seed {seed}: [red]failed[/] ({rec['failed']})")
+        else:
+            rec.update(**asdict(done.outcome), run_seconds=round(done.seconds, 4))
+            append_record(self.dir, rec)
+            self.records[done.key] = json.loads(json.dumps(rec))  # as it reads back from the file
+            self.ran += 1
+            o = done.outcome
+            test = f", test {o.test:.4f}" if o.test is not None else ""
+            self.console.print(f"  {point.label()} seed {seed}: val {o.metric} {o.val:.4f}{test} "
+                               f"({o.train_seconds:.1f} s training)")
         if self.progress is not None:
             self.progress.advance(trained=True)
 
@@ -160,5 +127,10 @@ class Runner:
         return Path(run_config(self.template, point.canonical(), seed, self.dir).out).name
 
     def stats(self, point: Point) -> PointStats:
+        """The point's statistics over its seeds; a point with a failed run ranks below every
+        other (val_mean -inf, no test)."""
         p = point.canonical()
-        return point_stats(p, [self.records[self.key(p, s)] for s in self.seeds])
+        keys = [self.key(p, s) for s in self.seeds]
+        if any(k in self.failed for k in keys):
+            return PointStats(p, self.seeds, float("-inf"), 0.0, None, None, 0.0)
+        return point_stats(p, [self.records[k] for k in keys])

@@ -1,0 +1,153 @@
+"""Where the runs of a sweep train: the Executor interface and its local implementations.
+
+An executor takes a batch of independent runs (run key -> TrainConfig) and yields each as it
+finishes, in any order; the caller (Runner, or anything that trains many runs, such as a
+study) records them. It never writes results itself and never decides which runs to do.
+
+    executor = make_executor(train_run, threads=4, workers=2)   # or ray="local" / an address
+    for done in executor.run({key: config, ...}):               # a generator: runs as they finish
+        done.key, done.outcome, done.seconds, done.error        # outcome None = failed (error says why)
+    executor.close()
+
+Three implementations, one per way of running, each behind the same two methods:
+
+* ``Serial`` (workers = 1): in this process, one run after another.
+* ``Pool`` (workers = N > 1): a ProcessPoolExecutor of N spawned processes on this machine,
+  each run with THREADS // N torch threads. Zero dependencies beyond the standard library.
+  A worker process that dies breaks the pool: the sweep stops with a one-line error and a
+  rerun resumes (nothing is retried).
+* ``Ray`` (students/sweep/ray_executor.py, ``ray`` set): each run is one Ray task with the
+  CPUs (= its threads) and GPUs it asks for, on a local or remote Ray cluster. A task whose
+  worker dies is retried once by Ray; if it dies again the run comes back failed
+  (``outcome`` None, ``error`` the reason), and the others go on.
+
+In every implementation an exception raised by the run function itself (a bad
+configuration, a missing store) is raised from ``run``: it would fail the same way again.
+``threads`` is the torch threads of each run: callers put it in the configs they submit.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Protocol
+
+from students.config import TrainConfig, default_threads
+from students.errors import ClusterError
+from students.sweep.points import RunOutcome
+
+RunFn = Callable[[TrainConfig], RunOutcome]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One run, done: its key, its outcome (None when it failed) and its wall seconds
+    (the whole ``run_fn`` call, on the worker); ``error`` says why it failed."""
+
+    key: str
+    outcome: RunOutcome | None
+    seconds: float
+    error: str | None = None
+
+
+class Executor(Protocol):
+    """Runs batches of independent runs (see the module docstring)."""
+
+    threads: int  # torch threads of each run
+
+    def run(self, jobs: Mapping[str, TrainConfig]) -> Iterator[Finished]:
+        """Start every run of ``jobs`` (key -> config) and yield each as it finishes."""
+        ...
+
+    def close(self) -> None:
+        """Release the workers (idempotent); pending runs are cancelled."""
+        ...
+
+
+def worker_init(threads: int) -> None:
+    """What every worker process does before its first run: quiet transformers, torch threads."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(threads)
+
+
+def timed(run_fn: RunFn, config: TrainConfig) -> tuple[RunOutcome, float]:
+    """``run_fn(config)`` and its wall seconds."""
+    started = time.perf_counter()
+    outcome = run_fn(config)
+    return outcome, time.perf_counter() - started
+
+
+class Serial:
+    """Every run in this process, one after another."""
+
+    def __init__(self, run_fn: RunFn, threads: int) -> None:
+        self.run_fn, self.threads = run_fn, threads
+
+    def run(self, jobs: Mapping[str, TrainConfig]) -> Iterator[Finished]:
+        for key, config in jobs.items():
+            yield Finished(key, *timed(self.run_fn, config))
+
+    def close(self) -> None:
+        pass
+
+
+class Pool:
+    """N spawned processes on this machine (a batch of one run trains in this process)."""
+
+    def __init__(self, run_fn: RunFn, threads: int, workers: int) -> None:
+        self.run_fn, self.threads, self.workers = run_fn, threads, workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=worker_init, initargs=(self.threads,))
+        return self._pool
+
+    def run(self, jobs: Mapping[str, TrainConfig]) -> Iterator[Finished]:
+        if len(jobs) <= 1:  # not worth a process
+            yield from Serial(self.run_fn, self.threads).run(jobs)
+            return
+        pool = self._executor()
+        futures: dict[Future, str] = {pool.submit(timed, self.run_fn, cfg): key for key, cfg in jobs.items()}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    yield Finished(futures[fut], *fut.result())
+        except BrokenProcessPool as exc:
+            raise ClusterError(f"a worker process of --workers {self.workers} died ({exc}); rerun the same "
+                               "command to resume, or use --ray, which retries a run whose worker dies") from exc
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def make_executor(run_fn: RunFn, threads: int | None = None, workers: int = 1, ray: str | None = None,
+                  gpus_per_run: float = 0.0) -> Executor:
+    """The executor for a sweep's options. ``threads``: the torch threads to share (None: the
+    CPUs this process may use); the local pool gives each of its ``workers`` threads // workers,
+    a Ray task asks the cluster for ``threads`` CPUs (None: 1) and ``gpus_per_run`` GPUs.
+    ``ray``: None = no Ray, "local" = start a local Ray cluster, else a cluster address.
+
+    Raises ClusterError (Ray not installed, cluster unreachable)."""
+    if ray is not None:
+        from students.sweep.ray_executor import RayExecutor
+
+        return RayExecutor(run_fn, threads or 1, ray, gpus_per_run)
+    per_run = max(1, (threads or default_threads()) // workers)
+    return Pool(run_fn, per_run, workers) if workers > 1 else Serial(run_fn, per_run)
