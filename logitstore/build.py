@@ -2,8 +2,9 @@
 
 One-way flow: load and tokenize every split once, write them, then for each teacher
 checkpoint export it, run it over every split in blocks of ``chunk_rows`` rows (one Zarr
-chunk each) and write each block with its progress. A rerun resumes from the last written
-block; an entry is marked complete only after every row of every split is written and
+chunk each; logitstore/blocks.py) and write each block, then its record, in this process or
+on Ray actors (``--ray``, logitstore/ray_build.py). A rerun computes the blocks without a
+record; an entry is marked complete only after every row of every split is written and
 its validation loss and score are computed from the stored logits.
 """
 from __future__ import annotations
@@ -13,20 +14,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from logitstore import __version__, storage
 from logitstore.checkpoints import Checkpoint, discover, read_config, weights_sha256
 from logitstore.data import (DataConfig, dataset_fingerprint, load_splits, source_file, tokenize_split,
                              tokenizer_fingerprint, truncation_warning)
-from logitstore.encode import encode
 from logitstore.format import ENCODINGS
 from logitstore.errors import (CheckpointError, DataError, LogitStoreError, StoreCorruptError,
-                               StoreMismatchError, TeacherOutputError)
+                               StoreMismatchError)
 from logitstore.export import PARITY_TOLERANCE
-from logitstore.format import CheckpointMeta, StoreMeta
-from logitstore.infer import infer_rows
-from logitstore.progress import Progress, console
+from logitstore.format import FORMAT_VERSION, CheckpointMeta, StoreMeta
+from logitstore.progress import console
 from logitstore.scoring import scored
 from logitstore.store import DEFAULT_LOGIT_CHUNK_ROWS, TOKENIZER_FILES, LogitStore, SplitData
 from logitstore.tasks import Task, get_task, task_of_architecture, task_of_folders
@@ -73,6 +70,8 @@ class BuildConfig:
     sample_seed: int = 0
     runtime: str = "onnx"  # or "torch": the teacher runs in PyTorch (logitstore/torch_runtime.py)
     transfer: str | None = None  # unlabelled texts: the `transfer` split (logitstore/transfer.py)
+    ray: str | None = None  # --ray: "local" (a local Ray cluster) or a cluster address; None: this process
+    actors: int | None = None  # --actors: Ray actors (default: one per GPU, else one per CPU of the cluster)
     data_config: DataConfig = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +100,8 @@ class BuildConfig:
         if self.runtime not in ("onnx", "torch"):
             problems.append(f"--runtime must be onnx or torch; got {self.runtime!r} instead")
         problems += task.build_problems(self)
+        if self.actors is not None and (self.actors < 1 or self.ray is None):
+            problems.append(f"--actors needs --ray and must be >= 1; got {self.actors} instead")
         if self.chunk_rows < 1:
             problems.append(f"--chunk-rows must be >= 1; got {self.chunk_rows} instead")
         if self.token_budget < self.max_length:
@@ -139,7 +140,13 @@ def build_store(cfg: BuildConfig) -> BuildResult:
     from logitstore.oserrors import writing
 
     exports = using_cache() if cfg.teachers else contextlib.nullcontext()  # no cache prune while it builds
-    with writing(cfg.out), exclusive(cfg.out, what="build"), exports:
+    if cfg.ray is not None and cfg.teachers:  # issue 13: blocks on Ray actors (logitstore/ray_build.py)
+        from logitstore.ray_build import connected
+
+        cluster = connected(cfg.ray, cfg.actors * (cfg.threads or 1) if cfg.actors else None)
+    else:
+        cluster = contextlib.nullcontext()
+    with writing(cfg.out), exclusive(cfg.out, what="build"), exports, cluster:
         return _build_store(cfg)
 
 
@@ -181,7 +188,7 @@ def _build_store(cfg: BuildConfig) -> BuildResult:
         validation_split=cfg.validation_split, created_by=f"logitstore {__version__}",
         pad_token_id=int(tokenizer.pad_token_id or 0),
         stride=cfg.stride if task.uses_stride else None, source_file=source_file(cfg.data),
-        **task.store_fields(cfg, model_cfg, tokenizer),
+        **(task.store_fields(cfg, model_cfg, tokenizer) | {"format_version": FORMAT_VERSION}),  # format 4: blocks
     )
     # Faults (issue 10): entries with unreadable metadata are dropped and written again, and a
     # full check of what would be skipped finds damaged splits and blocks to rewrite (repair.py).
@@ -346,8 +353,7 @@ def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
         metric=cfg.metric, step=ck.step, layout=store.meta.layout, runtime=teacher.runtime,
     )
     store.put_checkpoint(meta)
-    for name, data in splits.items():
-        _fill_split(store, ck.name, data, session, cfg)
+    fill_blocks(store, ck, teacher.onnx_path, session, cfg, splits)
     errs = [store.logits_meta(ck.name, s).max_abs_err for s in splits]
     meta = replace(scored(store, meta, splits), encode_max_abs_err=max(errs),  # every split's loss and metrics
                    build_seconds=round(time.perf_counter() - t0, 3), complete=True)
@@ -357,32 +363,19 @@ def _build_checkpoint(store: StoreWriter, ck: Checkpoint, cfg: BuildConfig,
     return True
 
 
-def _fill_split(store: StoreWriter, ckpt: str, data: SplitData, session: Any, cfg: BuildConfig) -> None:
-    """Run the teacher over a split in blocks of ``chunk_rows`` rows, writing each block and
-    then its progress; the token layout writes each block's rows' tokens end to end."""
-    if get_task(store.meta.task).fill_split(store, ckpt, data, session, cfg):
-        return  # a task with its own entry layout (causal-LM top-k) wrote it
-    per_token = store.meta.layout == "token"
-    progress = store.prepare_logits(ckpt, data.name, len(data), store.meta.num_labels, cfg.encoding, cfg.chunk_rows,
-                                    tokens=int(data.offsets[-1]) if per_token else None)
-    if progress.complete:
+def fill_blocks(store: StoreWriter, ck: Checkpoint, onnx_path: Path, session: Any, cfg: BuildConfig,
+                splits: dict[str, SplitData]) -> None:
+    """Write every split's entry of checkpoint ``ck`` block by block (logitstore/blocks.py):
+    in this process with ``session``, or with --ray on Ray actors that each open ``onnx_path``."""
+    from logitstore.blocks import BlockSpec, fill_split
+
+    spec = BlockSpec(cfg.chunk_rows, cfg.token_budget, cfg.encoding)
+    if cfg.ray is None:
+        for data in splits.values():
+            fill_split(store, ck.name, data, session, spec)
         return
-    with Progress() as bar:
-        task = bar.add_task(f"{ckpt} / {data.name}", total=len(data), completed=progress.rows_done,
-                            resumed_from=progress.rows_done)
-        for start in range(progress.rows_done, len(data), cfg.chunk_rows):
-            rows = np.arange(start, min(start + cfg.chunk_rows, len(data)))
-            logits = infer_rows(session, data.input_ids, data.offsets, data.token_type_ids, rows,
-                                store.meta.pad_token_id, cfg.token_budget, lambda n: bar.advance(task, n),
-                                per_token=per_token)  # (rows, C), or (their tokens, C)
-            finite = np.isfinite(logits).all(axis=1)
-            if not finite.all():
-                where = int(np.argmin(finite))
-                bad = int(rows[np.searchsorted(data.offsets[rows + 1] - data.offsets[start], where, side="right")]
-                          if per_token else rows[where])
-                raise TeacherOutputError(
-                    f"checkpoint {ckpt} gave NaN or inf logits on split {data.name!r}, example id "
-                    f"{int(data.example_ids[bad])}; check its weights (a diverged step?) and leave it out"
-                )
-            first = int(data.offsets[start]) if per_token else start
-            store.write_logits_block(ckpt, data.name, first, encode(logits, cfg.encoding), rows_done=int(rows[-1]) + 1)
+    from logitstore.ray_build import ActorPool
+
+    with ActorPool(store, ck, onnx_path, cfg, spec) as pool:
+        for data in splits.values():
+            pool.fill_split(data)

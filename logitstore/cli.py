@@ -70,6 +70,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider (default: auto = CUDA when working, else CPU)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all cores)")
+    _add_ray(b)
     _add_lm_flags(b)
     b.add_argument("--metric", default=None, choices=sorted({m for t in TASKS.values() for m in t.metrics}),
                    help="validation score that ranks checkpoints for ths (default: accuracy; ner: entity f1; "
@@ -95,6 +96,16 @@ def _add_lm_flags(b: argparse.ArgumentParser) -> None:
     b.add_argument("--runtime", default="onnx", choices=["onnx", "torch"],
                    help="run teachers as exported ONNX graphs (default) or in PyTorch eager, for models that "
                         "cannot be exported; recorded per checkpoint")
+
+
+def _add_ray(b: argparse.ArgumentParser) -> None:
+    """The build's Ray flags (issue 13: logitstore/ray_build.py)."""
+    b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="compute the blocks on Ray actors (pip install 'logitstore[ray]'): on a new local Ray "
+                        "cluster, or on the cluster at ADDRESS (HOST:PORT of its head, or auto); docs/cluster.md")
+    b.add_argument("--actors", type=int, default=None, metavar="N",
+                   help="with --ray: number of actors, one ONNX Runtime session each, of --threads threads (default "
+                        "1) on CPU actors (default: one actor per GPU of the cluster, else one per CPU)")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -181,7 +192,8 @@ def _run(args: argparse.Namespace) -> int:
             token_budget=args.token_budget, provider=args.provider, threads=args.threads, metric=args.metric,
             task=args.task, stride=args.stride, top_k=args.top_k, temperatures=_floats(args.temperatures),
             logp_step=args.logp_step, sample=args.sample, sample_temperature=args.sample_temperature,
-            sample_seed=args.sample_seed, runtime=args.runtime, transfer=args.transfer,
+            sample_seed=args.sample_seed, runtime=args.runtime, transfer=args.transfer, ray=args.ray,
+            actors=args.actors,
         )
         result = build_store(cfg)
         print_info(result.store)

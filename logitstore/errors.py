@@ -65,6 +65,11 @@ class StorageError(LogitStoreError, OSError):
     options (LOGITSTORE_STORAGE_OPTIONS) are malformed."""
 
 
+# Issue 13: the build on Ray (logitstore/ray_build.py).
+class ClusterError(LogitStoreError, RuntimeError):
+    """Ray is not installed, its cluster cannot be reached, or a Ray worker died mid-build."""
+
+
 def run_cli(run: Callable[[Any], int], args: Any, errors: type[BaseException] | tuple[type[BaseException], ...],
             interrupted: str = "interrupted") -> int:
     """Run a command-line entry point: ``errors`` become one ``error: ...`` line and exit

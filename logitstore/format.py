@@ -13,13 +13,14 @@ from logitstore.errors import FormatVersionError, StoreCorruptError
 FORMAT_NAME = "logitstore"
 #: Version 2 added the token-classification and question-answering tasks (layout "token");
 #: a version 1 store is a version 2 sequence-classification store, so both are read.
-FORMAT_VERSION = 2
-#: Version 3 adds the causal-LM top-k layout (``causal-lm-topk``): only stores of that layout
-#: are written as version 3 (their task's ``format_version``), so older readers refuse them in
-#: one line while dense stores stay version 2 and readable by them.
-LATEST_VERSION = 3
+#: Version 3 adds the causal-LM top-k layout (``causal-lm-topk``).
+#: Version 4 (issue 13) records each finished build block in its entry (the ``blocks`` array),
+#: so blocks may finish out of order (``logitstore build --ray``); every new store is written
+#: as version 4, and a build that writes into an older store upgrades its root to 4.
+FORMAT_VERSION = 4
+LATEST_VERSION = 4
 #: Format versions this code reads.
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 ENCODINGS = ("fp16", "fp32", "int8")
 
@@ -207,7 +208,9 @@ class LogitsMeta(_Meta):
 
     ``rows``/``rows_done`` count rows (examples or windows) for both layouts; for the
     token layout ``block_rows`` is the number of rows per build block (the logits array is
-    chunked by tokens, so its chunk shape does not give it)."""
+    chunked by tokens, so its chunk shape does not give it). Since format 4 a build resumes
+    from the entry's block records (``blocks`` array), and ``rows_done`` is the rows of the
+    recorded blocks (a count for progress displays, not a prefix)."""
 
     _what = "logits"
 

@@ -102,7 +102,7 @@ def _checkpoints_table(store: LogitStore, entries: list[Entry], split_entries: l
             continue
         vectors = "rows" if m.layout == "row" else "tokens"  # one logit vector per token or per row
         logits = sum(getattr(x.meta, vectors) for x in split_entries if x.meta is not None) * max(1, c.num_labels)  # causal-lm: bytes/token
-        nbytes = store.nbytes_on_disk(f"checkpoints/{c.name}")
+        nbytes = store.nbytes_on_disk(f"checkpoints/{c.name}", _block_records)
         ck.add_row(c.name, "" if c.step is None else str(c.step),
                    "" if c.val_loss is None else f"{c.val_loss:.4f}",
                    "" if c.val_score is None else f"{c.metric} {c.val_score:.4f}", picks.get(c.name, ""),
@@ -110,6 +110,11 @@ def _checkpoints_table(store: LogitStore, entries: list[Entry], split_entries: l
                    f"{c.parity_max_abs_err:.1e}", "" if c.encode_max_abs_err is None else f"{c.encode_max_abs_err:.1e}",
                    f"{nbytes / max(1, logits):.2f}", _status(e))
     return ck
+
+
+def _block_records(parts: tuple[str, ...]) -> bool:
+    """Objects of an entry's block records (<split>/blocks/...): build bookkeeping, not logits."""
+    return len(parts) > 1 and parts[1] == "blocks"
 
 
 def _scores_table(entries: list[Entry], splits: list[str]) -> Table | None:

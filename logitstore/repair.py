@@ -14,19 +14,20 @@ A rerun of ``logitstore build`` on an existing store, before it skips anything a
    metadata or shape is damaged. The entry stays complete; readers see the damaged chunk
    (an error) until its block is written again, never a half-written one.
 
-Local stores only (the build writes local folders).
+Blocks are written through logitstore/blocks.py, as the build writes them.
 """
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from logitstore.blocks import BlockSpec, count, prepare, write_block
 from logitstore.errors import LogitStoreError, ProviderError, StoreCorruptError, TeacherOutputError
 from logitstore.format import CheckpointMeta, LogitsMeta, SplitMeta, StoreMeta
 from logitstore.progress import console
@@ -91,6 +92,11 @@ def repair_plan(path: str | os.PathLike[str], offsets: dict[str, np.ndarray],
                 entries.setdefault(e.name, set()).add(split)
                 continue
             meta = LogitsMeta.from_dict(_group_meta(raw, f"checkpoints/{e.name}/{split}"))
+            if parts[-1] == "blocks":  # a block's record (format 4): chunk i is build block i
+                per = int(meta.block_rows or _array(raw, f"checkpoints/{e.name}/{split}/logits").chunks[0])
+                start = d.chunk * per
+                blocks.setdefault(e.name, {}).setdefault(split, set()).add((start, min(start + per, meta.rows)))
+                continue
             arr = _array(raw, d.node)
             block = int(meta.block_rows) if token_layout and meta.block_rows else int(arr.chunks[0])
             assert d.span is not None
@@ -201,20 +207,15 @@ def repair_checkpoint(store: Any, ck: Any, meta: CheckpointMeta, cfg: Any, split
     task = get_task(store.meta.task).for_store(store.meta)
     session = _teacher(ck, meta, cfg, task)
     raw = raw_store(store.path, writable=True)
-    per_token = store.meta.layout == "token"
     whole = plan.entries.get(ck.name, frozenset())
-    own = task.entry_arrays(store.meta, "", 0) is not None  # causal-LM: the task writes its blocks
+    spec = BlockSpec(cfg.chunk_rows, cfg.token_budget, meta.encoding)
     done = 0
     for split in sorted(whole):
         data = splits[split]
         _sync(raw.delete_dir(f"checkpoints/{ck.name}/{split}"))
-        if own and task.fill_split(store, ck.name, data, session, cfg):
-            done += -(-len(data) // cfg.chunk_rows)
-            continue
-        store.prepare_logits(ck.name, split, len(data), store.meta.num_labels, meta.encoding, cfg.chunk_rows,
-                             tokens=int(data.offsets[-1]) if per_token else None)
-        ranges = [(s, min(s + cfg.chunk_rows, len(data))) for s in range(0, len(data), cfg.chunk_rows)]
-        done += _write_blocks(store, ck.name, data, session, cfg, meta.encoding, ranges, keep_complete=False)
+        prepare(store, ck.name, data, spec)
+        done += _write_blocks(store, ck.name, data, session, spec, list(range(count(len(data), spec))))
+        store.finish_entry(ck.name, split)
     assert plan.report is not None
     damaged = next((e for e in plan.report.damaged if e.kind == "checkpoint" and e.name == ck.name), None)
     for split, ranges in sorted(plan.blocks.get(ck.name, {}).items()):
@@ -223,12 +224,11 @@ def repair_checkpoint(store: Any, ck: Any, meta: CheckpointMeta, cfg: Any, split
         for d in damaged.damage if damaged else []:
             if d.chunk is not None and d.node.split("/")[2] == split:
                 _delete_chunk(raw, store, d.node, d.chunk)
-        if own:  # causal LM: the same blocks as the build writes them, each row's draws seeded by the row
-            for span in ranges:
-                task.write_block(store, ck.name, splits[split], session, cfg, span, len(splits[split]))
-            done += len(ranges)
-            continue
-        done += _write_blocks(store, ck.name, splits[split], session, cfg, meta.encoding, ranges, keep_complete=True)
+        # Every layout (dense rows or tokens, causal-LM top-k or sampled) rewrites the same blocks
+        # as the build wrote them, through blocks.write_block (each row's draws seeded by the row).
+        entry = replace(spec, chunk_rows=store.logits_chunk_rows(ck.name, split))  # the blocks it was built in
+        indices = [start // entry.chunk_rows for start, _ in ranges]
+        done += _write_blocks(store, ck.name, splits[split], session, entry, indices)
     if whole or plan.blocks.get(ck.name):  # the scores come from these logits
         from logitstore.scoring import scored
 
@@ -248,22 +248,12 @@ def _delete_chunk(raw: Any, store: Any, node: str, chunk: int) -> None:
         _sync(raw.delete(f"{node}/{arr.metadata.encode_chunk_key((chunk, *rest))}"))
 
 
-def _write_blocks(store: Any, ckpt: str, data: Any, session: Any, cfg: Any, encoding: str,
-                  ranges: list[tuple[int, int]], keep_complete: bool) -> int:
-    """Compute and write the row ranges ``ranges`` of one split, as the build writes its
-    blocks. ``keep_complete``: the entry is complete already (its progress stays as is)."""
-    from logitstore.encode import encode
-    from logitstore.infer import infer_rows
-
-    per_token = store.meta.layout == "token"
-    for start, stop in ranges:
-        rows = np.arange(start, stop)
-        logits = infer_rows(session, data.input_ids, data.offsets, data.token_type_ids, rows,
-                            store.meta.pad_token_id, cfg.token_budget, per_token=per_token)
-        if not np.isfinite(logits).all():
-            raise TeacherOutputError(f"checkpoint {ckpt} gave NaN or inf logits on split {data.name!r} while "
-                                     "repairing it; check its weights")
-        first = int(data.offsets[start]) if per_token else start
-        store.write_logits_block(ckpt, data.name, first, encode(logits, encoding),
-                                 rows_done=len(data) if keep_complete else stop)
-    return len(ranges)
+def _write_blocks(store: Any, ckpt: str, data: Any, session: Any, spec: BlockSpec, indices: list[int]) -> int:
+    """Compute and write the build blocks ``indices`` of one split, as the build writes them
+    (logitstore/blocks.py); a complete entry's metadata stays as it is."""
+    try:
+        for index in indices:
+            write_block(store, ckpt, data, session, spec, index)
+    except TeacherOutputError as exc:
+        raise TeacherOutputError(f"{exc} (while repairing the store)") from exc
+    return len(indices)

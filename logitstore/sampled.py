@@ -1,5 +1,6 @@
 """Sampled encoding of causal-LM teacher distributions (RS-KD style; layout
-``causal-lm-sampled``, store format 3; docs/store-format.md is the contract).
+``causal-lm-sampled``, store format 3, written as 4 since the block records;
+docs/store-format.md is the contract).
 
 Per token the teacher graph draws ``N`` token ids from its distribution at the sampling
 temperature ``s`` (inverse CDF of seeded uniform draws, logitstore/tasks/causal_lm_sampled.py)

@@ -354,9 +354,10 @@ class LogitStore:
             return {n: sg[n][start:stop] for n in names}
 
     # ------------------------------------------------------------------ sizes
-    def nbytes_on_disk(self, prefix: str = "") -> int:
-        """Bytes stored under the store (or its node ``prefix``): files on disk, objects at a URL."""
-        return storage.nbytes(self.path, prefix)
+    def nbytes_on_disk(self, prefix: str = "", skip: Any = None) -> int:
+        """Bytes stored under the store (or its node ``prefix``): files on disk, objects at a URL
+        (``skip(parts)``: leave out those whose path parts below ``prefix`` it is true for)."""
+        return storage.nbytes(self.path, prefix, skip)
 
 
 def _read_texts(g: Any, prefix: str) -> list[str]:

@@ -283,9 +283,10 @@ def _scan_logits(raw: Any, node: str, ck: CheckpointMeta, store_meta: StoreMeta,
                              f"(split has {split.rows:,} rows)")]
     from logitstore.tasks import get_task
 
+    records = _scan_records(raw, node, read)  # format 4: a damaged record recomputes its block
     spec = get_task(store_meta.task).entry_arrays(store_meta, split.name, split.tokens)
-    if spec is not None:  # a task with its own entry layout (causal-LM top-k)
-        return _scan_entry(raw, node, spec, read)
+    if spec is not None:  # a task with its own entry layout (causal-LM top-k or sampled)
+        return records + _scan_entry(raw, node, spec, read)
     length = split.tokens if store_meta.layout == "token" else split.rows
     arrays = {"logits": (length, store_meta.num_labels)} | ({"scale": (length,)} if ck.encoding == "int8" else {})
     opened = {}
@@ -313,7 +314,17 @@ def _scan_logits(raw: Any, node: str, ck: CheckpointMeta, store_meta: StoreMeta,
     damage = check_chunks(raw, f"{node}/logits", opened["logits"], read, absent_ok)
     if "scale" in opened:
         damage += check_chunks(raw, f"{node}/scale", opened["scale"], read)
-    return damage
+    return records + damage
+
+
+def _scan_records(raw: Any, node: str, read: bool) -> list[Damage]:
+    """Damage of an entry's block records (``blocks``; entries built before format 4 have none)."""
+    if "blocks" not in children(raw, node):
+        return []
+    try:
+        return check_chunks(raw, f"{node}/blocks", _array(raw, f"{node}/blocks"), read)
+    except Exception as exc:  # noqa: BLE001
+        return [Damage(f"{node}/blocks", f"block records unreadable ({_why(exc)})")]
 
 
 def _scan_entry(raw: Any, node: str, spec: dict[str, tuple[tuple[int, ...], str]], read: bool) -> list[Damage]:

@@ -28,6 +28,8 @@ ROW_CHUNK = 65_536
 TOKEN_CHUNK = 1 << 20
 #: Tokens per chunk of token-layout logits (65,536 x C values).
 TOKEN_LOGIT_CHUNK = 1 << 16
+#: The array of an entry's block records (format 4): (n_blocks,) float32, one chunk per block.
+BLOCKS = "blocks"
 
 
 def _compressors(typesize: int) -> list[Any]:
@@ -152,76 +154,109 @@ class StoreWriter(LogitStore):
         ``tokens`` (the split's token count) makes a token-layout array (tokens, C), chunked
         by TOKEN_LOGIT_CHUNK tokens and written in blocks of ``chunk_rows`` rows; without it
         the array is (rows, C), chunked by ``chunk_rows`` rows."""
-        g = self._root[f"checkpoints/{checkpoint}"]
-        meta = self.logits_meta(checkpoint, split)
         length = rows if tokens is None else tokens
         chunk = chunk_rows if tokens is None else TOKEN_LOGIT_CHUNK
-        block_rows = None if tokens is None else chunk_rows
-        if meta is not None and meta.rows == rows and meta.block_rows == block_rows:
-            a = g[f"{split}/logits"]
-            if a.shape == (length, num_labels) and a.dtype == storage_dtype(encoding) and a.chunks[0] == chunk:
-                return meta
-        sg = g.create_group(split, overwrite=True)
-        meta = LogitsMeta(rows=rows, block_rows=block_rows)
-        sg.attrs[ATTR] = meta.to_dict()
         dt = storage_dtype(encoding)
-        fill = 0 if encoding == "int8" else float("nan")  # a missing float chunk reads as NaN
-        sg.create_array("logits", shape=(length, num_labels), dtype=dt, chunks=(chunk, num_labels),
-                        fill_value=fill, compressors=_compressors(dt.itemsize))
-        if encoding == "int8":
-            sg.create_array("scale", shape=(length,), dtype="float32", chunks=(chunk,),
-                            fill_value=float("nan"), compressors=_compressors(4))
-        return meta
+        arrays = {"logits": ((length, num_labels), dt, 0 if encoding == "int8" else float("nan"))}
+        if encoding == "int8":  # a missing float chunk reads as NaN; int8 chunks are checked through scale
+            arrays["scale"] = ((length,), np.dtype("float32"), float("nan"))
+        return self._prepare(checkpoint, split, rows, chunk_rows, None if tokens is None else chunk_rows,
+                             arrays, chunk)
 
-    def write_logits_block(self, checkpoint: str, split: str, start: int, block: Encoded,
-                           rows_done: int | None = None) -> None:
-        """Write encoded logits (rows, C) or (tokens, C) at [start, start + len) of the first
-        axis (rows, or tokens for the token layout) and then record ``rows_done`` rows as
-        done (default: the block's end, for the row layout)."""
-        sg = self._root[f"checkpoints/{checkpoint}/{split}"]
-        stop = start + len(block.values)
-        if len(block.values):
-            sg["logits"][start:stop] = block.values
-            if block.scale is not None:
-                sg["scale"][start:stop] = block.scale
-        meta = LogitsMeta.from_dict(sg.attrs.get(ATTR))
-        done = stop if rows_done is None else rows_done
-        sg.attrs[ATTR] = replace(meta, rows_done=done, complete=done == meta.rows,
-                                 max_abs_err=max(meta.max_abs_err, block.max_abs_err)).to_dict()
-
-    # ------------------------------------------------------------------ entries of other layouts
     def prepare_entry(self, checkpoint: str, split: str, rows: int, block_rows: int,
                       arrays: dict[str, tuple[tuple[int, ...], str, Any]]) -> LogitsMeta:
         """Create the arrays of one checkpoint and split for a task with its own entry layout
         (causal-LM top-k), or return the progress of an existing matching entry (resume).
         ``arrays``: name -> (shape, dtype, fill value); chunked by TOKEN_LOGIT_CHUNK along the
         first axis (tokens), written in blocks of ``block_rows`` rows."""
+        spec = {k: (shape, np.dtype(dt), fill) for k, (shape, dt, fill) in arrays.items()}
+        return self._prepare(checkpoint, split, rows, block_rows, block_rows, spec, TOKEN_LOGIT_CHUNK)
+
+    def _prepare(self, checkpoint: str, split: str, rows: int, block: int, block_rows: int | None,
+                 arrays: dict[str, tuple[tuple[int, ...], np.dtype, Any]], chunk: int) -> LogitsMeta:
+        """An entry's arrays (chunked by ``chunk`` along the first axis) and its block records
+        (format 4): kept when they match (resume), else created anew."""
         g = self._root[f"checkpoints/{checkpoint}"]
         meta = self.logits_meta(checkpoint, split)
         if meta is not None and meta.rows == rows and meta.block_rows == block_rows:
             sg = g[split]
-            if all(k in sg and sg[k].shape == shape and sg[k].dtype == np.dtype(dt)
+            if all(k in sg and sg[k].shape == shape and sg[k].dtype == dt and sg[k].chunks[0] == chunk
                    for k, (shape, dt, _) in arrays.items()):
+                if BLOCKS not in sg:  # an entry a build of format <= 3 began: its done prefix becomes records
+                    self._records(sg, rows, block, done=meta.rows_done // block, err=meta.max_abs_err)
                 return meta
+        self._upgrade_root()
         sg = g.create_group(split, overwrite=True)
         meta = LogitsMeta(rows=rows, block_rows=block_rows)
         sg.attrs[ATTR] = meta.to_dict()
         for key, (shape, dt, fill) in arrays.items():
-            sg.create_array(key, shape=shape, dtype=dt, chunks=(TOKEN_LOGIT_CHUNK, *shape[1:]), fill_value=fill,
-                            compressors=_compressors(np.dtype(dt).itemsize))
+            sg.create_array(key, shape=shape, dtype=dt, chunks=(chunk, *shape[1:]), fill_value=fill,
+                            compressors=_compressors(dt.itemsize))
+        self._records(sg, rows, block)
         return meta
 
-    def write_entry_block(self, checkpoint: str, split: str, start: int, values: dict[str, np.ndarray],
-                          rows_done: int, max_abs_err: float) -> None:
-        """Write each array's block at [start, start + len) of the first axis, then record
-        ``rows_done`` (and the entry's largest encoding error so far)."""
+    def _records(self, sg: Any, rows: int, block: int, done: int = 0, err: float = 0.0) -> None:
+        """The ``blocks`` array of an entry: one float32 per build block, one chunk (object)
+        each, so concurrent writers never touch the same object; ``done`` blocks recorded."""
+        self._upgrade_root()
+        a = sg.create_array(BLOCKS, shape=(-(-rows // block),), dtype="float32", chunks=(1,),
+                            fill_value=float("nan"), compressors=_compressors(4), overwrite=True)
+        if done:
+            a[:done] = np.float32(err)
+
+    def _upgrade_root(self) -> None:
+        """A build that writes block records into a store of an older format version says so
+        at its root (older readers then refuse it in one line instead of misreading it)."""
+        from logitstore.format import FORMAT_VERSION
+
+        if self.meta.format_version < FORMAT_VERSION:
+            self.meta = replace(self.meta, format_version=FORMAT_VERSION)
+            self._root.attrs[ATTR] = self.meta.to_dict()
+
+    def write_logits_block(self, checkpoint: str, split: str, start: int, block: Encoded, index: int) -> None:
+        """Write encoded logits (rows, C) or (tokens, C) at [start, start + len) of the first
+        axis (rows, or tokens for the token layout), then record build block ``index`` done."""
+        values = {"logits": block.values} | ({"scale": block.scale} if block.scale is not None else {})
+        self.write_entry_block(checkpoint, split, index, start, values, block.max_abs_err)
+
+    def write_entry_block(self, checkpoint: str, split: str, index: int, start: int,
+                          values: dict[str, np.ndarray], max_abs_err: float) -> None:
+        """Write each array's block at [start, start + len) of the first axis, then the record
+        of build block ``index`` (its largest encoding error): the block's own object, so
+        writers of other blocks (Ray actors) never race on it. The entry's metadata is the
+        driver's to update (:meth:`note_blocks`, :meth:`finish_entry`)."""
         sg = self._root[f"checkpoints/{checkpoint}/{split}"]
-        for key, block in values.items():
-            if len(block):
-                sg[key][start:start + len(block)] = block
+        for key, part in values.items():
+            if len(part):
+                sg[key][start:start + len(part)] = part
+        if BLOCKS in sg:  # (an entry built before format 4, being repaired, has none)
+            sg[BLOCKS][index] = np.float32(max_abs_err)
+
+    def recorded_blocks(self, checkpoint: str, split: str) -> np.ndarray:
+        """(n_blocks,) float32 of an entry: each finished block's largest encoding error,
+        NaN for a block not written yet."""
+        return self._root[f"checkpoints/{checkpoint}/{split}/{BLOCKS}"][:]
+
+    def note_blocks(self, checkpoint: str, split: str, rows_done: int, max_abs_err: float) -> LogitsMeta:
+        """Record progress in the entry's metadata (the driver only): ``rows_done`` rows of
+        recorded blocks so far, the largest encoding error so far."""
+        sg = self._root[f"checkpoints/{checkpoint}/{split}"]
+        meta = replace(LogitsMeta.from_dict(sg.attrs.get(ATTR)), rows_done=rows_done,
+                       max_abs_err=max(0.0, float(max_abs_err)))
+        sg.attrs[ATTR] = meta.to_dict()
+        return meta
+
+    def finish_entry(self, checkpoint: str, split: str) -> bool:
+        """Mark an entry complete when every block is recorded (its error: the largest of
+        theirs); returns whether it is complete."""
+        err = self.recorded_blocks(checkpoint, split)
+        if not np.isfinite(err).all():
+            return False
+        sg = self._root[f"checkpoints/{checkpoint}/{split}"]
         meta = LogitsMeta.from_dict(sg.attrs.get(ATTR))
-        sg.attrs[ATTR] = replace(meta, rows_done=rows_done, complete=rows_done == meta.rows,
-                                 max_abs_err=max(meta.max_abs_err, max_abs_err)).to_dict()
+        sg.attrs[ATTR] = replace(meta, rows_done=meta.rows, complete=True,
+                                 max_abs_err=float(err.max(initial=0.0))).to_dict()
+        return True
 
 
 def refuse_links(root: Path) -> None:

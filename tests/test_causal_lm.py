@@ -92,7 +92,7 @@ def test_build_matches_pytorch_full_logits(lm_store, lm_run):
     from transformers import AutoModelForCausalLM
 
     store = open_store(lm_store)
-    assert store.meta.format_version == 3 and store.meta.top_k == K and store.meta.temperatures == list(TEMPS)
+    assert store.meta.format_version == 4 and store.meta.top_k == K and store.meta.temperatures == list(TEMPS)
     split = store.read_split("validation")
     top = LM.read_topk(store, "checkpoint-1", "validation")
     model = AutoModelForCausalLM.from_pretrained(lm_run / "checkpoint-1", attn_implementation="eager").eval()
@@ -151,7 +151,7 @@ def test_older_reader_refuses_format_3_in_one_line(lm_store, monkeypatch):
     from logitstore.errors import FormatVersionError
 
     monkeypatch.setattr(fmt, "READABLE_VERSIONS", (1, 2))  # what a version-2 logitstore reads
-    with pytest.raises(FormatVersionError, match="format version 3 is not readable") as info:
+    with pytest.raises(FormatVersionError, match="format version 4 is not readable") as info:  # block records
         open_store(lm_store)
     assert "\n" not in str(info.value)
 

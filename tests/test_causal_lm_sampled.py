@@ -70,7 +70,7 @@ def test_draws_are_the_inverse_cdf_of_pytorch_full_distribution(sampled_store, l
     from transformers import AutoModelForCausalLM
 
     store = open_store(sampled_store)
-    assert store.meta.task == "causal-lm-sampled" and store.meta.format_version == 3
+    assert store.meta.task == "causal-lm-sampled" and store.meta.format_version == 4
     assert store.meta.sample == DRAWS and store.meta.temperatures == [1.0, 2.0] and store.meta.top_k is None
     split = store.read_split("validation")
     got = get_task("causal-lm-sampled").read_topk(store, "checkpoint-1", "validation")
@@ -135,8 +135,12 @@ def test_other_batching_and_a_resume_give_identical_draws(sampled_store, lm_run,
     assert main(_args(lm_run, data, out, "--token-budget", "32")) == 0
     entry = out / "checkpoints" / "checkpoint-1" / "train"
     meta = json.loads((entry / "zarr.json").read_text())
-    meta["attributes"]["logitstore"] |= {"rows_done": 4, "complete": False}  # as if killed after one block
+    meta["attributes"]["logitstore"] |= {"rows_done": 4, "complete": False}  # as if killed after one block:
     (entry / "zarr.json").write_text(json.dumps(meta))
+    records = sorted((entry / "blocks" / "c").iterdir(), key=lambda p: int(p.name))  # format 4: block records
+    assert len(records) > 2
+    for p in records[1:]:
+        p.unlink()
     ck = out / "checkpoints" / "checkpoint-1" / "zarr.json"
     cmeta = json.loads(ck.read_text())
     cmeta["attributes"]["logitstore"]["complete"] = False
@@ -153,7 +157,14 @@ def test_older_reader_refuses_a_sampled_store_in_one_line(sampled_store, monkeyp
     from logitstore.errors import FormatVersionError
     from logitstore.tasks import TASKS
 
-    monkeypatch.delitem(TASKS, "causal-lm-sampled")  # a reader that knows only the top-k layout
+    from logitstore import format as fmt
+
+    with monkeypatch.context() as m:  # a format-3 reader (sampled targets, no block records)
+        m.setattr(fmt, "READABLE_VERSIONS", (1, 2, 3))
+        with pytest.raises(FormatVersionError, match="format version 4 is not readable") as info:
+            open_store(sampled_store)
+        assert "\n" not in str(info.value)
+    monkeypatch.delitem(TASKS, "causal-lm-sampled")  # a format-4 reader that knows only the top-k layout
     with pytest.raises(FormatVersionError, match="store task 'causal-lm-sampled' is not known") as info:
         open_store(sampled_store)
     assert "\n" not in str(info.value)
@@ -213,6 +224,38 @@ def test_repair_recomputes_only_the_damaged_block(mode, lm_run, data, tmp_path, 
                 if p.is_file() and p.name != "zarr.json"}
 
     assert files(ref) == files(out)
+
+
+def test_repair_of_a_damaged_block_record_and_chunk_gives_the_undamaged_bytes(sampled_store, lm_run, data, tmp_path,
+                                                                              capsys):
+    """Format 4 on a sampled store: a damaged block record (blocks/c/1) and a damaged ids chunk
+    are rewritten through blocks.write_block (the build's block path), each row drawing with
+    its own seed, so every chunk file equals the undamaged build's."""
+    import shutil
+
+    from logitstore.cli import main
+    from logitstore.verify import scan
+
+    out = tmp_path / "damaged.zarr"
+    shutil.copytree(sampled_store, out)
+    entry = out / "checkpoints" / "checkpoint-1" / "train"
+    record = entry / "blocks" / "c" / "1"
+    record.write_bytes(record.read_bytes()[:-3])
+    val = entry.parent / "validation"  # its one 65,536-token chunk: all 3 blocks (9 rows) of the split
+    chunk = next(p for p in (val / "ids").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:-5])
+    assert not scan(out, read=True).clean
+    capsys.readouterr()
+    assert main(_args(lm_run, data, out)) == 0
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "checkpoint-1: repaired 4 blocks" in said and "rebuilt whole" not in said, said  # 1 + 3
+    assert scan(out, read=True).clean
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in (root / "checkpoints").rglob("*")
+                if p.is_file() and p.name != "zarr.json"}
+
+    assert files(sampled_store) == files(out)
 
 
 # ---------------------------------------------------------------------------- students

@@ -1,6 +1,6 @@
 """The on-disk format does not drift: tiny stores committed under tests/fixtures/ (written by
-the builder's write calls of format version 2) read back exactly, and writing the same
-content today gives the same files with the same metadata and values.
+the builder's write calls of format versions 2 and 4) read back exactly, and writing the same
+content today gives the files of the latest version with the same metadata and values.
 
 To see what a format change would break, run the tests; to record a deliberate new format
 version, add a new fixture folder next to the old one (old stores must stay readable).
@@ -20,7 +20,9 @@ from logitstore.format import CheckpointMeta, StoreMeta
 from logitstore.store import SplitData, open_store, ragged
 from logitstore.writer import StoreWriter
 
-FIXTURES = Path(__file__).parent / "fixtures" / "store-v2"
+#: Committed stores by format version; today's writer must give the files of the last one.
+VERSIONS = {2: Path(__file__).parent / "fixtures" / "store-v2", 4: Path(__file__).parent / "fixtures" / "store-v4"}
+FIXTURES = VERSIONS[4]
 KINDS = ("classification", "qa")
 
 
@@ -97,13 +99,18 @@ def write_fixture(path: Path, kind: str) -> None:
             block = 2
             store.prepare_logits(name, split, len(data), meta.num_labels, encoding, block,
                                  tokens=int(data.offsets[-1]) if per_token else None)
-            for start in range(0, len(data), block):
+            err = 0.0
+            for index, start in enumerate(range(0, len(data), block)):
                 stop = min(start + block, len(data))
                 first, last = (int(data.offsets[start]), int(data.offsets[stop])) if per_token else (start, stop)
-                store.write_logits_block(name, split, first, encode(logits[split][first:last], encoding),
-                                         rows_done=stop)
+                enc = encode(logits[split][first:last], encoding)
+                store.write_logits_block(name, split, first, enc, index)  # its arrays, then its record
+                err = max(err, float(np.float32(enc.max_abs_err)))
+                store.note_blocks(name, split, stop, err)  # the driver's progress count
                 if name == "partial":
                     break  # a killed build: one block written, never completed
+            if name != "partial":
+                assert store.finish_entry(name, split)
         if name != "partial":
             store.put_checkpoint(replace(ck, val_loss=0.5 + k, val_score=0.9 - k / 10, val_scores={"f1": 0.25},
                                          encode_max_abs_err=0.0, build_seconds=1.5, complete=True))
@@ -111,11 +118,12 @@ def write_fixture(path: Path, kind: str) -> None:
     tok.rmdir()
 
 
+@pytest.mark.parametrize("version", sorted(VERSIONS))
 @pytest.mark.parametrize("kind", KINDS)
-def test_committed_store_reads_back_exactly(kind):
+def test_committed_store_reads_back_exactly(kind, version):
     meta, splits, checkpoints = expected(kind)
-    store = open_store(FIXTURES / kind)
-    assert store.meta == meta and store.meta.layout == ("token" if kind == "qa" else "row")
+    store = open_store(VERSIONS[version] / kind)
+    assert store.meta == replace(meta, format_version=version) and store.meta.layout == ("token" if kind == "qa" else "row")
     assert store.split_names() == sorted(splits)
     for name, want in splits.items():
         got = store.read_split(name)
@@ -150,7 +158,7 @@ def _nodes(root: Path) -> dict[str, Path]:
     return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-#: Attributes added to format 2 after these fixtures were written (older readers ignore them):
+#: Attributes added to format 2 after its fixtures were written (older readers ignore them):
 #: the tokenizer files' sizes and sha256, and the checkpoints a store has held.
 ADDED = {"tokenizer/zarr.json": "logitstore", "zarr.json": "logitstore_checkpoints"}
 #: Metadata fields added to format 2 after these fixtures were written (docs/store-format.md;
@@ -182,17 +190,41 @@ def test_writing_today_gives_the_committed_files(kind, tmp_path):
     assert sorted(new) == sorted(old)
     for rel, path in old.items():
         if path.name == "zarr.json":
+            assert json.loads(new[rel].read_text()) == json.loads(path.read_text()), rel
+        else:  # chunk bytes
+            assert new[rel].read_bytes() == path.read_bytes(), rel
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_version_4_differs_from_version_2_by_block_records_only(kind, tmp_path):
+    """What format 4 changed: each entry's ``blocks`` array (one record per build block) and
+    the version number; plus what format 2 gained after its fixtures were written."""
+    write_fixture(tmp_path / kind, kind)
+    old, new = _nodes(VERSIONS[2] / kind), _nodes(tmp_path / kind)
+    records = {rel for rel in new if "/blocks/" in f"/{rel}"}
+    assert records and sorted(set(new) - records) == sorted(old)
+    for rel, path in old.items():
+        if path.name == "zarr.json":
             got = json.loads(new[rel].read_text())
             _added(rel, got, kind)
-            assert got == json.loads(path.read_text()), rel
-            if json.loads(path.read_text())["node_type"] == "array":
+            want = json.loads(path.read_text())
+            if rel == "zarr.json":
+                assert got["attributes"]["logitstore"].pop("format_version") == 4
+                assert want["attributes"]["logitstore"].pop("format_version") == 2
+            for meta in (got, want):  # format 4 keeps each block's error as float32
+                fields = meta["attributes"].get("logitstore")
+                if isinstance(fields, dict) and "max_abs_err" in fields:
+                    fields["max_abs_err"] = float(np.float32(fields["max_abs_err"]))
+            assert got == want, rel
+            if want["node_type"] == "array":
                 a, b = zarr.open_array(path.parent, mode="r"), zarr.open_array(new[rel].parent, mode="r")
                 np.testing.assert_array_equal(b[:], a[:], err_msg=rel)
 
 
+@pytest.mark.parametrize("version", sorted(VERSIONS))
 @pytest.mark.parametrize("kind", KINDS)
-def test_committed_tokenizer_bytes(kind, tmp_path):
-    folder = open_store(FIXTURES / kind).save_tokenizer(tmp_path / "tok")
+def test_committed_tokenizer_bytes(kind, version, tmp_path):
+    folder = open_store(VERSIONS[version] / kind).save_tokenizer(tmp_path / "tok")
     assert (folder / "vocab.txt").read_text(encoding="utf-8") == "[PAD]\n[UNK]\ncafé\n"
 
 

@@ -184,10 +184,18 @@ class Task(ABC):
         settings that cannot work (causal LM: --top-k above the vocabulary)."""
         return {}
 
-    def fill_split(self, store: Any, ckpt: str, data: "SplitData", session: Any, cfg: Any) -> bool:
-        """Write a checkpoint's entry for one split when the task has its own entry layout
-        (returns True); False lets the build write the dense ``logits`` array."""
-        return False
+    def prepare_entry(self, store: Any, ckpt: str, data: "SplitData", spec: Any) -> Any:
+        """Create (or keep, to resume) a checkpoint's entry for one split when the task has its
+        own entry layout, returning its LogitsMeta; None lets the build use the dense ``logits``
+        array. ``spec``: a logitstore.blocks.BlockSpec."""
+        return None
+
+    def write_block(self, store: Any, ckpt: str, data: "SplitData", session: Any, spec: Any, index: int,
+                    rows: np.ndarray, on_rows: Any = None) -> float | None:
+        """Compute, write and record build block ``index`` (row numbers ``rows``) of an entry of
+        the task's own layout (store.write_entry_block), returning its largest encoding error;
+        None for the dense layouts (logitstore/blocks.py writes those)."""
+        return None
 
     def checkpoint_scores(self, store: Any, ckpt: str, split: "SplitData") -> dict[str, float]:
         """The validation loss and metrics of a checkpoint from what the store holds."""

@@ -9,7 +9,8 @@ on the row's last token; ``example_id`` is the document its first token belongs 
 Teacher: the exported graph runs the model (``use_cache=False``, eager attention) and keeps,
 per token, the top-K logits and ids, the row's log-sum-exp at each build temperature and the
 next-token negative log-likelihood at tau = 1, so the (B, T, vocab) logits never leave ONNX
-Runtime. Stored: logitstore/topk.py (store format 3, layout ``causal-lm-topk``).
+Runtime. Stored: logitstore/topk.py (store format 3, written as 4 since the block records;
+layout ``causal-lm-topk``).
 A checkpoint's ``val_loss`` is the mean next-token cross-entropy over the validation split's
 labelled tokens, computed in the graph from the full logits (exact, not from the top-k);
 ``val_score`` is next-token accuracy: the stored top-1 id (lowest id among quantisation ties)
@@ -178,42 +179,33 @@ class CausalLM(Task):
     #: Fill values of the entry arrays (what a missing chunk reads as).
     fills: ClassVar[dict[str, Any]] = {"ids": 0, "logp": 255, "lse": float("nan"), "nll": float("nan")}
 
-    def fill_split(self, store: Any, ckpt: str, data: SplitData, session: Any, cfg: Any) -> bool:
-        """Run the teacher over the split in blocks of ``cfg.chunk_rows`` rows, encode each
-        block (``encode_block``) and write it, then its progress (a rerun resumes from there)."""
-        from logitstore.progress import Progress
-
+    def prepare_entry(self, store: Any, ckpt: str, data: SplitData, spec: Any) -> Any:
+        """The entry's arrays (``entry_arrays``: ids, logp, lse, ...; nll in the validation
+        split) and block records."""
         task = self.for_store(store.meta)
-        spec = task.entry_arrays(store.meta, data.name, int(data.offsets[-1]))
-        progress = store.prepare_entry(ckpt, data.name, len(data), cfg.chunk_rows,
-                                       {k: (shape, dt, task.fills[k]) for k, (shape, dt) in spec.items()})
-        if progress.complete:
-            return True
-        with Progress() as bar:
-            shown = bar.add_task(f"{ckpt} / {data.name}", total=len(data), completed=progress.rows_done,
-                                 resumed_from=progress.rows_done)
-            for start in range(progress.rows_done, len(data), cfg.chunk_rows):
-                stop = min(start + cfg.chunk_rows, len(data))
-                task.write_block(store, ckpt, data, session, cfg, (start, stop), stop,
-                                 lambda n: bar.advance(shown, n))
-        return True
+        arrays = task.entry_arrays(store.meta, data.name, int(data.offsets[-1]))
+        return store.prepare_entry(ckpt, data.name, len(data), spec.chunk_rows,
+                                   {k: (shape, dt, task.fills[k]) for k, (shape, dt) in arrays.items()})
 
-    def write_block(self, store: Any, ckpt: str, data: SplitData, session: Any, cfg: Any, span: tuple[int, int],
-                    rows_done: int, advance: Any = None) -> None:
-        """Run, encode and write the build block of rows ``span`` = [start, stop) of a split,
-        then record ``rows_done`` (a repair passes every row: the entry stays complete).
-        The same rows give the same bytes whatever else is written (resume, repair)."""
-        rows = np.arange(*span)
-        out = self.run_rows(data, rows, session, cfg, store.meta.pad_token_id, advance)
-        block, err = self.encode_block(out)
+    def write_block(self, store: Any, ckpt: str, data: SplitData, session: Any, spec: Any, index: int,
+                    rows: np.ndarray, on_rows: Any = None) -> float | None:
+        """Run the teacher over the block's rows (``run_rows``), encode them (``encode_block``)
+        and write them, then the block's record (logitstore/blocks.py runs the blocks, resumes
+        and repairs). The same rows give the same bytes whatever else is written (each row's
+        draws of the sampled variant are seeded by the row)."""
+        task = self.for_store(store.meta)
+        out = task.run_rows(data, rows, session, spec, store.meta.pad_token_id, on_rows)
+        block, err = task.encode_block(out)
         if data.name != store.meta.validation_split:
             block.pop("nll")
-        store.write_entry_block(ckpt, data.name, int(data.offsets[span[0]]), block, rows_done=rows_done,
-                                max_abs_err=err)
+        err = float(np.float32(err))
+        store.write_entry_block(ckpt, data.name, index, int(data.offsets[rows[0]]), block, max_abs_err=err)
+        return err
 
     def run_rows(self, data: SplitData, rows: np.ndarray, session: Any, cfg: Any, pad_id: int,
                  advance: Any = None) -> dict[str, np.ndarray]:
-        """The graph's outputs for ``rows`` of a split, each (their tokens, ...) end to end."""
+        """The graph's outputs for ``rows`` of a split, each (their tokens, ...) end to end,
+        in inference batches of ``cfg.token_budget`` padded tokens (a BlockSpec or a config)."""
         from logitstore.infer import plan_batches
         from logitstore.padding import pad_batch
 
