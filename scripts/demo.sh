@@ -41,19 +41,7 @@ SWEEP_SEEDS="${SWEEP_SEEDS:-1}"
 SWEEP_TEMPERATURES="${SWEEP_TEMPERATURES:-2,4}"
 SWEEP_ALPHAS="${SWEEP_ALPHAS:-0.5}"
 
-declare -a timings=()
-stage() {  # stage NAME DONE_MARKER COMMAND...: run COMMAND unless DONE_MARKER exists; time it
-  local name="$1" marker="$2"; shift 2
-  if [ -e "$marker" ]; then
-    echo "== $name: done before, skipped"
-    timings+=("$name: skipped")
-    return
-  fi
-  echo "== $name"
-  local t0=$SECONDS
-  "$@"
-  timings+=("$name: $((SECONDS - t0)) s")
-}
+. scripts/stages.sh  # stage NAME DONE_MARKER COMMAND...: skip finished stages, time the others
 
 t_start=$SECONDS
 [ -n "${DEMO_SKIP_SETUP:-}" ] || bash scripts/setup.sh

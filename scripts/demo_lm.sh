@@ -32,19 +32,7 @@ SWEEP_DISTANCES="${SWEEP_DISTANCES:-ce,rkl}"
 SWEEP_TAILS="${SWEEP_TAILS:-bucket,renormalize}"
 SWEEP_SEEDS="${SWEEP_SEEDS:-1}"
 
-declare -a timings=()
-stage() {  # stage NAME DONE_MARKER COMMAND...: run COMMAND unless DONE_MARKER exists; time it
-  local name="$1" marker="$2"; shift 2
-  if [ -e "$marker" ]; then
-    echo "== $name: done before, skipped"
-    timings+=("$name: skipped")
-    return
-  fi
-  echo "== $name"
-  local t0=$SECONDS
-  "$@"
-  timings+=("$name: $((SECONDS - t0)) s")
-}
+. scripts/stages.sh  # stage NAME DONE_MARKER COMMAND...: skip finished stages, time the others
 
 t_start=$SECONDS
 [ -n "${DEMO_SKIP_SETUP:-}" ] || bash scripts/setup.sh

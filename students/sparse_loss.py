@@ -218,24 +218,35 @@ def sparse_distance(student_logits: torch.Tensor, targets: "SparseTargets | Samp
     return cfg.tau_s**2 * total / n
 
 
+def _check_parts(labels: torch.Tensor | None, targets: object, cfg: SparseLossConfig) -> None:
+    """ValueError when a part the loss weights (alpha) is missing."""
+    if cfg.alpha < 1.0 and labels is None:
+        raise ValueError(f"alpha={cfg.alpha} < 1 weights the next-token cross-entropy, so labels are needed")
+    if cfg.alpha > 0.0 and targets is None:
+        raise ValueError(f"alpha={cfg.alpha} > 0 weights the distillation term, so teacher targets are needed")
+
+
+def _mix(ce: torch.Tensor | None, kd: torch.Tensor | None, cfg: SparseLossConfig,
+         like: torch.Tensor) -> torch.Tensor:
+    """(1 - alpha) * ce + alpha * kd on ``like``'s device, a part of weight 0 left out (it may be None)."""
+    loss = like.new_zeros((), dtype=torch.float32)
+    if ce is not None and cfg.alpha < 1.0:
+        loss = loss + (1.0 - cfg.alpha) * ce
+    if kd is not None and cfg.alpha > 0.0:
+        loss = loss + cfg.alpha * kd
+    return loss
+
+
 def sparse_kd_loss(student_logits: torch.Tensor, labels: torch.Tensor | None,
                    targets: SparseTargets | SampledTargets | None,
                    cfg: SparseLossConfig) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(loss, ce, kd) of N tokens: ``(1 - alpha) * CE(labels, z_s) + alpha * kd`` with
     kd = ``sparse_distance``; ``student_logits`` (N, V), ``labels`` (N,) next-token ids.
     A part with weight 0 may be missing (None); a needed one raises ValueError."""
-    if cfg.alpha < 1.0 and labels is None:
-        raise ValueError(f"alpha={cfg.alpha} < 1 weights the next-token cross-entropy, so labels are needed")
-    if cfg.alpha > 0.0 and targets is None:
-        raise ValueError(f"alpha={cfg.alpha} > 0 weights the distillation term, so teacher targets are needed")
+    _check_parts(labels, targets, cfg)
     ce = F.cross_entropy(student_logits.float(), labels) if labels is not None and len(labels) else None
     kd = sparse_distance(student_logits, targets, cfg) if targets is not None else None
-    loss = student_logits.new_zeros((), dtype=torch.float32)
-    if ce is not None and cfg.alpha < 1.0:
-        loss = loss + (1.0 - cfg.alpha) * ce
-    if kd is not None and cfg.alpha > 0.0:
-        loss = loss + cfg.alpha * kd
-    return loss, ce, kd
+    return _mix(ce, kd, cfg, student_logits), ce, kd
 
 
 def _chunk_sums(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor | None,
@@ -262,10 +273,7 @@ def chunked_kd_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.T
     tokens at a time and each chunk's are recomputed in the backward pass (activation
     checkpointing), so memory is O(chunk x V), not O(N x V); loss, ce, kd and the gradients
     equal the unchunked ones (tested). Same None/ValueError rules as ``sparse_kd_loss``."""
-    if cfg.alpha < 1.0 and labels is None:
-        raise ValueError(f"alpha={cfg.alpha} < 1 weights the next-token cross-entropy, so labels are needed")
-    if cfg.alpha > 0.0 and targets is None:
-        raise ValueError(f"alpha={cfg.alpha} > 0 weights the distillation term, so teacher targets are needed")
+    _check_parts(labels, targets, cfg)
     if targets is not None:
         _check_targets(targets, cfg)
     n = len(hidden)
@@ -280,9 +288,4 @@ def chunked_kd_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.T
             sums = sums + _chunk_sums(*args, cfg)
     ce = sums[0] / n if labels is not None and n else None
     kd = cfg.tau_s**2 * sums[1] / max(n, 1) if targets is not None else None
-    loss = hidden.new_zeros((), dtype=torch.float32)
-    if ce is not None and cfg.alpha < 1.0:
-        loss = loss + (1.0 - cfg.alpha) * ce
-    if kd is not None and cfg.alpha > 0.0:
-        loss = loss + cfg.alpha * kd
-    return loss, ce, kd
+    return _mix(ce, kd, cfg, hidden), ce, kd
