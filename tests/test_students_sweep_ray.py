@@ -237,3 +237,33 @@ def test_a_dying_worker_of_the_local_pool_stops_the_sweep_with_one_line(store, t
                       replace(train_options(store), threads=2))
     with pytest.raises(ClusterError, match="rerun the same command to resume, or use --ray"):
         run_sweep(cfg, run_fn=Dies(str(tmp_path), always=("tll",)))
+
+
+def test_a_study_on_ray_records_what_a_serial_study_records(store, cluster, tmp_path):
+    """`students study --ray`: every case's greedy sweep trains on the cluster, and the
+    records equal those of the same study trained in this process; the plan records it."""
+    from students.study import parse_study, run_study
+
+    data = {"sizes": [1], "seeds": 1, "stores": [{"name": "a", "path": str(store)}],
+            "space": {"distance": ["ce"], "temperature": [2], "student_temperature": ["teacher"], "alpha": [0.5],
+                      "teacher": ["ths"]},
+            "train": {"max_steps": 3, "batch_size": 16, "lr": 1e-3, "device": "cpu", "threads": 1}}
+    results = {}
+    for name, flags in (("serial", {}), ("ray", {"ray": cluster})):
+        out = tmp_path / name
+        config = parse_study(data, {"out": str(out), **flags})
+        assert [c.sweep.ray for c in config.cases] == [flags.get("ray")]
+        run_study(config)
+        results[name] = load_results(out / "a" / "L1")
+        assert json.loads((out / "study.json").read_text())["ray"] == flags.get("ray")
+    assert len(results["ray"]) == len(results["serial"]) >= 3  # hinton, recommended, no KD at least
+    assert_same_runs(results["ray"], results["serial"])
+
+
+def test_a_study_with_ray_and_workers_is_a_one_line_error(store):
+    from students.study import StudyError, parse_study
+
+    with pytest.raises(StudyError, match="drop workers"):
+        parse_study({"stores": [{"name": "a", "path": str(store)}], "workers": 2, "ray": "local"})
+    with pytest.raises(StudyError, match="ray must be"):
+        parse_study({"stores": [{"name": "a", "path": str(store)}], "ray": 3})

@@ -24,7 +24,7 @@ from students.errors import ConfigError
 from students.sweep.recipe import SAVE_MODELS, SweepConfig
 from students.sweep.space import SPACE_KEYS, SweepSpace, SweepSpaceError, parse_space
 
-TOP_KEYS = ("out", "sizes", "seeds", "workers", "save_models", "space", "train", "epochs", "stores")
+TOP_KEYS = ("out", "sizes", "seeds", "workers", "ray", "save_models", "space", "train", "epochs", "stores")
 STORE_KEYS = ("name", "path", "sizes", "seeds", "space", "train", "epochs")
 #: TrainConfig fields a study sets itself (per run, per case) or that only print: not in [train].
 NOT_TRAIN_KEYS = ("store", "out", "layers", "seed", "distance", "temperature", "student_temperature", "alpha",
@@ -62,10 +62,11 @@ class StudyConfig:
     out: str
     cases: tuple[StudyCase, ...]
     workers: int = 1
+    ray: str | None = None  # the sweeps' Ray cluster (students/sweep/ray_executor.py), or None
 
     def to_dict(self) -> dict[str, Any]:
         """What study.json records of the plan (no training happens here)."""
-        return {"out": self.out, "workers": self.workers,
+        return {"out": self.out, "workers": self.workers, "ray": self.ray,
                 "cases": [{"store": c.store, "path": c.path, "size": c.size, "folder": c.folder,
                            "epochs": c.sweep.template.epochs, "space": c.sweep.space.to_dict(),
                            "train_options": {k: getattr(c.sweep.template, k) for k in TRAIN_KEYS}}
@@ -212,7 +213,7 @@ def _space(where: str, merged: Mapping[str, Any], size: int, seeds: Any, problem
 
 
 def _cases(top: _Layer, entry: Mapping[str, Any], layer: _Layer, flags: Mapping[str, Any], out: str,
-           workers: int, save_models: str, problems: list[str]) -> list[StudyCase]:
+           workers: int, ray: str | None, save_models: str, problems: list[str]) -> list[StudyCase]:
     """The cases of one store: its sizes, each with the merged settings."""
     name, path = str(entry["name"]), str(entry.get("path", ""))
     sizes = flags.get("sizes") or layer.sizes or top.sizes or (2,)
@@ -230,7 +231,7 @@ def _cases(top: _Layer, entry: Mapping[str, Any], layer: _Layer, flags: Mapping[
         template = _train_config(f"store {name!r}, size {size}", train_in, path, folder, size, problems)
         space = _space(f"store {name!r}, size {size}", space_in, size, seeds, problems)
         if template is not None and space is not None:
-            sweep = SweepConfig(path, folder, "greedy", space, workers, template, save_models)
+            sweep = SweepConfig(path, folder, "greedy", space, None if ray else workers, template, save_models, ray=ray)
             cases.append(StudyCase(name, path, size, sweep))
     return cases
 
@@ -238,7 +239,7 @@ def _cases(top: _Layer, entry: Mapping[str, Any], layer: _Layer, flags: Mapping[
 def parse_study(data: Mapping[str, Any], flags: Mapping[str, Any] | None = None, source: str = "flags",
                 check_stores: bool = True) -> StudyConfig:
     """A StudyConfig from the file's table ``data`` and ``flags`` (keys: stores (list of
-    PATH or NAME=PATH), out, sizes, seeds, workers, save_models, space (dict), train (dict);
+    PATH or NAME=PATH), out, sizes, seeds, workers, ray, save_models, space (dict), train (dict);
     None values are ignored). Raises StudyError listing every problem."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     problems = _unknown("the study file", data, TOP_KEYS) + _unknown("the --space file", flags.get("space", {}),
@@ -252,6 +253,13 @@ def parse_study(data: Mapping[str, Any], flags: Mapping[str, Any] | None = None,
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         problems.append(f"workers must be an integer >= 1. Got {workers!r} instead")
         workers = 1
+    ray = flags.get("ray", data.get("ray"))
+    if ray is not None and (not isinstance(ray, str) or not ray):
+        problems.append(f"ray must be 'local', 'auto' or a cluster address (HOST:PORT). Got {ray!r} instead")
+        ray = None
+    elif ray is not None and workers != 1:
+        problems.append(f"workers = {workers} sets the local process pool; with ray the cluster's free CPUs decide "
+                        "how many runs train at once: drop workers (or drop ray)")
     if save_models not in SAVE_MODELS:
         problems.append(f"save_models must be one of {', '.join(SAVE_MODELS)}. Got {save_models!r} instead")
         save_models = "best"
@@ -261,10 +269,10 @@ def parse_study(data: Mapping[str, Any], flags: Mapping[str, Any] | None = None,
                                                                 if k not in ("name", "path")}, problems)
         missing = _missing_store(str(entry["name"]), str(entry.get("path", ""))) if check_stores else None
         problems += [missing] if missing else []
-        cases += _cases(top, entry, layer, flags, out, workers, save_models, problems)
+        cases += _cases(top, entry, layer, flags, out, workers, ray, save_models, problems)
     if problems:
         raise StudyError(f"invalid study ({source}): " + "; ".join(dict.fromkeys(problems)), problems)
-    return StudyConfig(out, tuple(cases), workers)
+    return StudyConfig(out, tuple(cases), workers, ray)
 
 
 def load_study(path: str | os.PathLike[str] | None, flags: Mapping[str, Any] | None = None,
