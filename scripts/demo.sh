@@ -17,19 +17,40 @@
 # --task causal-lm distils the real SmolLM2-135M-Instruct into small causal-LM students on
 # Rotten Tomatoes text from a top-k store (scripts/demo_lm.sh has its stages and variables):
 #   bash scripts/demo.sh --task causal-lm runs/lm
-# DEMO_SKIP_SETUP=1 skips the install step (the tests use it).
+# --corpus trec|sms-spam|r8 runs the classification stages on another pinned labelled corpus
+# (demo/corpora.py: TREC question types, SMS spam, Reuters R8), 1,500 examples by default:
+#   bash scripts/demo.sh --corpus trec runs/trec
+# DEMO_SKIP_SETUP=1 skips the install step (the tests use it); DEMO_STORE_ONLY=1 stops once
+# the store is built (the teacher's checkpoints and their logits: what a study needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=classification
-if [ "${1:-}" = "--task" ]; then TASK="${2:?--task needs classification, ner or causal-lm}"; shift 2; fi
+CORPUS=rotten-tomatoes
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --task) TASK="${2:?--task needs classification, ner or causal-lm}"; shift 2 ;;
+    --corpus) CORPUS="${2:?--corpus needs rotten-tomatoes, trec, sms-spam or r8}"; shift 2 ;;
+    *) break ;;
+  esac
+done
+case "$CORPUS" in
+  rotten-tomatoes|trec|sms-spam|r8) ;;
+  *) echo "error: --corpus must be rotten-tomatoes, trec, sms-spam or r8; got '$CORPUS' instead" >&2; exit 2 ;;
+esac
+if [ "$CORPUS" != rotten-tomatoes ] && [ "$TASK" != classification ]; then
+  echo "error: --corpus is for --task classification; --task $TASK has its own corpus" >&2; exit 2
+fi
 case "$TASK" in
   causal-lm) exec bash scripts/demo_lm.sh "$@" ;;
-  classification) default_out=runs/demo; d_examples=1500; d_epochs=4; d_lr=1e-4; d_slr=5e-4 ;;
+  classification) default_out=runs/demo; d_examples=1500; d_epochs=4; d_lr=1e-4; d_slr=5e-4
+    [ "$CORPUS" = rotten-tomatoes ] || default_out="runs/$CORPUS" ;;
   ner) default_out=runs/ner; d_examples=all; d_epochs=6; d_lr=2e-4; d_slr=5e-4 ;;
   *) echo "error: --task must be classification, ner or causal-lm; got '$TASK' instead" >&2; exit 2 ;;
 esac
 out="${1:-$default_out}"
-EXAMPLES="${EXAMPLES:-$d_examples}"     # examples from the corpus ("all": 13.8k reviews / 2,394 tweets), split 80/10/10
+EXAMPLES="${EXAMPLES:-$d_examples}"     # examples from the corpus ("all": 13.8k reviews / 2,394 tweets), split by SPLIT
+SPLIT="${SPLIT:-}"                      # train,validation,test fractions (default 0.8,0.1,0.1)
+MAX_LENGTH="${MAX_LENGTH:-128}"         # tokens per example in the store (longer examples are truncated)
 TEACHER_EPOCHS="${TEACHER_EPOCHS:-$d_epochs}"
 TEACHER_LR="${TEACHER_LR:-$d_lr}"
 TEACHER_EVALS="${TEACHER_EVALS:-4}"     # teacher checkpoints saved (one per evaluation)
@@ -50,14 +71,18 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$out"
 limit_flag=(); [ "$EXAMPLES" != "all" ] && limit_flag=(--limit "$EXAMPLES")
 task_flag=(); [ "$TASK" = ner ] && task_flag=(--task ner)
-paths="$(python -m demo.assets --out .cache/assets "${limit_flag[@]}" "${task_flag[@]}")"
+corpus_flag=(); [ "$TASK" = classification ] && corpus_flag=(--corpus "$CORPUS")
+split_flag=(); [ -n "${SPLIT:-}" ] && split_flag=(--split "$SPLIT")
+paths="$(python -m demo.assets --out .cache/assets "${limit_flag[@]}" "${task_flag[@]}" "${corpus_flag[@]}" \
+  "${split_flag[@]}")"
 data="$(sed -n 's/^data //p' <<<"$paths")"
 init="$(sed -n 's/^teacher-init //p' <<<"$paths")"
 labels="$(sed -n 's/^labels //p' <<<"$paths")"
 store="$out/logits.zarr"
 
 stage "token ids (store without teachers)" "$store/splits/train/zarr.json" \
-  logitstore build "${task_flag[@]}" --tokenizer "$init" --labels "$labels" --data "$data" --out "$store"
+  logitstore build "${task_flag[@]}" --tokenizer "$init" --labels "$labels" --data "$data" --out "$store" \
+    --max-length "$MAX_LENGTH"
 
 train_rows=$(python -c "from logitstore import open_store; print(open_store('$store').split_meta('train').rows)")
 steps_per_epoch=$(( (train_rows + 31) / 32 ))
@@ -67,7 +92,16 @@ stage "fine-tune the teacher (MiniLM-L6, alpha 0, $TASK)" "$out/teacher/summary.
     --epochs "$TEACHER_EPOCHS" --lr "$TEACHER_LR" --eval-every "$teacher_eval_every" --save-checkpoints --group-by-length
 
 stage "logit store from every teacher checkpoint" "$out/.store-complete" \
-  bash -c "logitstore build ${task_flag[*]} --teacher '$out/teacher' --data '$data' --labels '$labels' --out '$store' && touch '$out/.store-complete'"
+  bash -c "logitstore build ${task_flag[*]} --teacher '$out/teacher' --data '$data' --labels '$labels' --out '$store' \
+    --max-length '$MAX_LENGTH' && touch '$out/.store-complete'"
+
+if [ -n "${DEMO_STORE_ONLY:-}" ]; then
+  logitstore info "$store"
+  echo "stage times:"; printf '  %s\n' "${timings[@]}"
+  echo "total: $((SECONDS - t_start)) s"
+  echo "store: $store"
+  exit 0
+fi
 
 for k in $STUDENT_LAYERS; do
   stage "student, $k layer(s), KD (tll, CE, tau_t 2, tau_s 1, alpha 0.5)" "$out/students/L$k-kd/summary.json" \
