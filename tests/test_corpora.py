@@ -76,3 +76,28 @@ def test_real_corpora_counts(tmp_path, name, rows, labels):
     counts = Counter(r["label"] for r in got)
     assert len(got) == rows
     assert {k: counts[k] for k in labels} == labels
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--corpus", "imdb"], "--corpus must be rotten-tomatoes, trec, sms-spam or r8; got 'imdb'"),
+    (["--task", "ner", "--corpus", "trec"], "--corpus is for --task classification"),
+])
+def test_demo_refuses_a_bad_corpus_before_doing_anything(tmp_path, args, message):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(["bash", str(root / "scripts" / "demo.sh"), *args, str(tmp_path / "out")],
+                         capture_output=True, text=True, env={**os.environ, "DEMO_SKIP_SETUP": "1"})
+    assert run.returncode == 2 and message in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_assets_split_must_be_three_fractions(capsys):
+    from demo.assets import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--split", "0.5,0.5"])
+    assert exc.value.code == 2
+    assert "three positive fractions summing to 1" in capsys.readouterr().err

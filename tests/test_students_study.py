@@ -241,3 +241,16 @@ def test_an_unfinished_study_reports_what_it_has_and_says_so(tmp_path, monkeypat
     first = len(calls)
     resumed = run_study(study, run_fn=fake_run, check_store=False)
     assert [r.ran for _, r in resumed.sweeps] == [0, first, first]  # case a/L1 was done; the others run in full
+
+
+def test_the_shipped_study_file_plans_five_stores_three_sizes():
+    """examples/study.toml (what scripts/study.sh runs) is valid and plans what docs/results.md reports."""
+    root = Path(__file__).resolve().parents[1]
+    study = load_study(root / "examples" / "study.toml", check_stores=False)
+    assert [(c.store, c.size) for c in study.cases] == [
+        (s, k) for s in ("rotten_tomatoes", "trec", "sms_spam", "r8", "wnut16") for k in (1, 2, 3)]
+    epochs = {(c.store, c.size): c.sweep.train.epochs for c in study.cases}
+    assert epochs[("trec", 1)] == 15 and epochs[("trec", 3)] == 10 and epochs[("wnut16", 1)] == 25
+    assert {c.sweep.train.patience for c in study.cases} == {2}
+    assert {c.sweep.space.seeds for c in study.cases} == {(0, 1, 2)}
+    assert {c.sweep.save_models for c in study.cases} == {"none"}
