@@ -14,7 +14,8 @@ task metric (``Task.metrics``, higher is better) may pick them.
 
 A "prediction" is one distribution with one gold label: an example (classification), a
 labelled token (NER), one start or one end distribution of a QA window (the 2R
-distributions are pooled into one set).
+distributions are pooled into one set), a next token (causal LM; a student's are scored a
+chunk of tokens at a time, so its ECE accumulates in ``ECEBins``).
 """
 from __future__ import annotations
 
@@ -29,16 +30,35 @@ ECE_BINS = 15
 CALIBRATION_KEYS = ("ece", "brier")
 
 
+class ECEBins:
+    """ECE accumulated over parts (a causal-LM student's chunks of tokens, students/lm.py):
+    per bin the sum of correct - confidence, and the count of predictions. ``value()`` is
+    ``ece`` of all the parts concatenated (equal up to the order of float summation);
+    ``ece`` itself is one ``add`` and ``value``, so there is one ECE."""
+
+    def __init__(self, bins: int = ECE_BINS) -> None:
+        self.bins, self.n = bins, 0
+        self.gap = np.zeros(bins)  # (bins,) sum of acc - conf, float64
+
+    def add(self, confidence: np.ndarray, correct: np.ndarray) -> "ECEBins":
+        """Add predictions: top-1 ``confidence`` (n,) in [0, 1] and ``correct`` (n,) bool."""
+        confidence = np.asarray(confidence, dtype=np.float64)
+        correct = np.asarray(correct, dtype=np.float64)
+        which = np.ceil(confidence * self.bins).astype(np.int64) - 1  # (n,) bin b holds (b/B, (b+1)/B]
+        which = np.clip(which, 0, self.bins - 1)  # 0 into the first bin
+        self.gap += np.bincount(which, weights=correct - confidence, minlength=self.bins)
+        self.n += len(confidence)
+        return self
+
+    def value(self) -> float:
+        """sum over bins of |bin| / N * |accuracy(bin) - mean confidence(bin)|; 0.0 for N = 0."""
+        return float(np.abs(self.gap).sum() / self.n) if self.n else 0.0
+
+
 def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error of top-1 ``confidence`` (N,) in [0, 1] and ``correct`` (N,)
     bool, over ``bins`` equal-width bins. 0.0 for N = 0."""
-    confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
-    if not len(confidence):
-        return 0.0
-    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)  # (N,) bin (b/B, (b+1)/B]
-    gap = np.bincount(which, weights=correct - confidence, minlength=bins)  # (bins,) sum of acc - conf
-    return float(np.abs(gap).sum() / len(confidence))
+    return ECEBins(bins).add(confidence, correct).value()
 
 
 def brier(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -18,9 +18,12 @@ cached and an online run with the same seed train the same student.
 Both loss terms are means over the batch's tokens that have a next token (labels != -100);
 the gold term is the next-token cross-entropy. ``--distance ce`` means forward KL.
 Evaluation (validation, then test): next-token ``accuracy`` (the checkpoint metric),
-``perplexity`` = exp(mean CE), ``top1_agreement`` with the teacher's top-1 id and ``kl``,
-KL(teacher || student) with the tail as one bucket at tau = 1 (renormalised over the kept
-ids when the store has no lse at 1), on every labelled token of the split.
+``perplexity`` = exp(mean CE), ``ece`` and ``brier`` of the next-token distributions (per
+token, logitstore/calibration.py: the top-1 probability into 15 bins a chunk at a time, and
+sum_v p_v^2 - 2 p_y + 1, exact since a chunk holds whole vocabulary rows),
+``top1_agreement`` with the teacher's top-1 id and ``kl``, KL(teacher || student) with the
+tail as one bucket at tau = 1 (renormalised over the kept ids when the store has no lse at
+1), on every labelled token of the split.
 
 Sampled stores (``--sample N``): the targets are the drawn ids with weights counts / N (times
 p_t / p_s at a stored tau_t other than the sampling temperature), the loss the unbiased
@@ -40,6 +43,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from logitstore.calibration import ECEBins
 from logitstore.store import LogitStore, SplitData, open_store
 from logitstore.tasks import IGNORE, get_task
 from logitstore.tasks.causal_lm import CausalLM
@@ -199,11 +203,26 @@ class Targets:
                               torch.from_numpy(log_p.astype(np.float32)).to(device))
 
 
+def _gold_sums(z: torch.Tensor, pred: torch.Tensor, y: torch.Tensor, bins: ECEBins) -> tuple[float, float, float]:
+    """(sum of CE, hits, sum of Brier) of one chunk's logits ``z`` (n, V) with top-1 ids
+    ``pred`` (n,) against the next tokens ``y`` (n,); adds the top-1 probabilities to ``bins``.
+    Each row of ``z`` is a whole vocabulary, so Brier = sum_v p_v^2 - 2 p_y + 1 is exact."""
+    logp = torch.log_softmax(z, dim=-1)  # (n, V)
+    ce = float(torch.nn.functional.nll_loss(logp, y, reduction="sum"))  # = cross_entropy(z, y)
+    p_y = logp.gather(1, y[:, None])[:, 0].exp()  # (n,)
+    conf = logp.gather(1, pred[:, None])[:, 0].exp()  # (n,) top-1 probability
+    hit = pred == y  # (n,)
+    bins.add(conf.double().cpu().numpy(), hit.cpu().numpy())
+    sq = logp.mul_(2).exp_().sum(-1)  # (n,) sum_v p_v^2, in place: no second (n, V) tensor
+    return ce, float(hit.sum()), float((sq - 2 * p_y + 1).sum())
+
+
 @torch.no_grad()
 def evaluate_lm(student: torch.nn.Module, batches: SplitBatches, targets: Targets | None,
                 cfg: SparseLossConfig, device: torch.device) -> Any:
     """EvalResult (students.train) of the student on one split: next-token accuracy,
-    perplexity, top-1 agreement and KL to the teacher, and the mean KD distance."""
+    perplexity, ``ece`` and ``brier`` of the next-token distributions (logitstore/calibration.py),
+    top-1 agreement and KL to the teacher, and the mean KD distance."""
     from students.train import EvalResult
 
     was = student.training
@@ -211,8 +230,8 @@ def evaluate_lm(student: torch.nn.Module, batches: SplitBatches, targets: Target
     temps = [float(t) for t in batches.store.meta.temperatures or []]
     kl_cfg = SparseLossConfig(tail="bucket" if 1.0 in temps else "renormalize")  # (sampled: the KL estimate)
     kl_col = temps.index(1.0) if 1.0 in temps else None
-    sums = {"ce": 0.0, "hit": 0.0, "agree": 0.0, "kl": 0.0, "kd": 0.0}
-    n = 0
+    sums = {"ce": 0.0, "hit": 0.0, "brier": 0.0, "agree": 0.0, "kl": 0.0, "kd": 0.0}
+    bins, n = ECEBins(), 0
     head = lm_head(student)
     for batch in batches.epoch(0):
         batch = batch.to(device)
@@ -222,18 +241,20 @@ def evaluate_lm(student: torch.nn.Module, batches: SplitBatches, targets: Target
         for a in range(0, len(y), cfg.chunk):  # (chunk, V) logits at a time, never (N, V)
             b = min(a + cfg.chunk, len(y))
             z, yc = head(h[a:b]).float(), y[a:b]  # (n, V), (n,)
-            sums["ce"] += float(torch.nn.functional.cross_entropy(z, yc, reduction="sum"))
-            sums["hit"] += float((z.argmax(-1) == yc).sum())
+            pred = z.argmax(-1)  # (n,)
+            for key, v in zip(("ce", "hit", "brier"), _gold_sums(z, pred, yc, bins)):
+                sums[key] += v
             if tgs is not None:
                 tg, kl_tg = tgs[0].cut(a, b), tgs[1].cut(a, b)
                 top1 = tg.top1  # (n,) lowest id among ties; the most likely drawn id for a sampled store
-                sums["agree"] += float((z.argmax(-1) == top1).sum())
+                sums["agree"] += float((pred == top1).sum())
                 sums["kl"] += float(sparse_distance(z, kl_tg, kl_cfg)) * (b - a)
                 sums["kd"] += float(sparse_distance(z, tg, cfg)) * (b - a)
         n += len(y)
     student.train(was)
     ce = sums["ce"] / max(n, 1)
-    scores = {"accuracy": sums["hit"] / max(n, 1), "perplexity": math.exp(min(ce, 50.0))}
+    scores = {"accuracy": sums["hit"] / max(n, 1), "perplexity": math.exp(min(ce, 50.0)), "ece": bins.value(),
+              "brier": sums["brier"] / max(n, 1)}
     if targets is not None:
         scores |= {"top1_agreement": sums["agree"] / max(n, 1), "kl": sums["kl"] / max(n, 1)}
     return EvalResult(batches.split.name, n, scores, ce, sums["kd"] / max(n, 1) if targets is not None else None)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from logitstore.calibration import CALIBRATION_KEYS, brier, calibration, ece, pooled
+from logitstore.calibration import CALIBRATION_KEYS, ECEBins, brier, calibration, ece, pooled
 from logitstore.store import SplitData
 from logitstore.tasks import IGNORE, TASKS, get_task
 
@@ -31,6 +31,22 @@ def test_ece_and_brier_by_hand():
     assert brier(P, Y) == pytest.approx(BRIER, abs=1e-12)
     assert calibration(np.log(P), Y) == pytest.approx({"ece": ECE_15, "brier": BRIER}, abs=1e-12)
     assert ece(np.array([1.0, 0.0]), np.array([True, False])) == 0.0  # the edges fall in the end bins
+
+
+def test_ece_accumulated_over_parts_equals_ece_of_all():
+    """ECEBins (a causal-LM student's chunks): the four predictions added one, then three at
+    a time give the hand-computed ECE; random parts equal one ``ece`` of their concatenation."""
+    conf, correct = P.max(axis=1), P.argmax(axis=1) == Y
+    acc = ECEBins().add(conf[:1], correct[:1]).add(conf[1:], correct[1:])
+    assert acc.n == 4 and acc.value() == pytest.approx(ECE_15, abs=1e-12)
+    assert ECEBins(bins=2).add(conf[:3], correct[:3]).add(conf[3:], correct[3:]).value() == pytest.approx(0.2675)
+    assert ECEBins().value() == 0.0 and ECEBins().add(conf[:0], correct[:0]).value() == 0.0
+    rng = np.random.default_rng(0)
+    c, ok = rng.random(1000), rng.random(1000) < 0.6
+    parts = ECEBins()
+    for a in range(0, 1000, 37):
+        parts.add(c[a:a + 37], ok[a:a + 37])
+    assert parts.value() == pytest.approx(ece(c, ok), abs=1e-12) and ece(c, ok) > 0.05
 
 
 def test_classification_scores_carry_calibration_per_example():

@@ -1,5 +1,6 @@
 """Causal-LM students (issue 12): `students train` on a top-k store, cached == online, the
-temperature refusal, metrics and the saved student."""
+temperature refusal, metrics (with ECE and Brier, issue 14: equal to logitstore.calibration
+on the full logits, at any chunk) and the saved student."""
 from __future__ import annotations
 
 import json
@@ -48,7 +49,7 @@ def test_every_distance_trains_and_reports_lm_metrics(lm_store, tmp_path, distan
     r = train(_cfg(lm_store, tmp_path / "s", distance=distance, tail=tail, max_steps=3,
                    student_temperature="1"))
     assert len(r.losses) == 3 and all(x == x for x in r.losses)
-    for key in ("accuracy", "perplexity", "top1_agreement", "kl", "ce", "kd"):
+    for key in ("accuracy", "perplexity", "ece", "brier", "top1_agreement", "kl", "ce", "kd"):
         assert key in r.best.to_dict()
     assert r.best.to_dict()["perplexity"] > 1 and r.test is not None
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["metric"] == "accuracy"
@@ -93,6 +94,29 @@ def test_a_grid_sweep_runs_on_a_causal_lm_store(lm_store, tmp_path):
     result = run_sweep(SweepConfig(str(lm_store), str(tmp_path / "sweep"), "grid", space, 1, template))
     assert result.ran >= 2
     assert all(r["val_eval"]["perplexity"] > 1 for r in result.records.values())
+    assert all(0 <= r[s]["ece"] <= 1 and 0 <= r[s]["brier"] <= 2 for r in result.records.values()
+               for s in ("val_eval", "test_eval"))
+
+
+def test_the_sweep_report_shows_lm_students_ece(lm_store, tmp_path):
+    """Calibration (issue 14) on a causal-LM sweep: the report's ECE column holds each
+    configuration's test ECE from its runs' records, as for the other tasks."""
+    from students.report import load_report, markdown
+    from students.sweep import SweepConfig, SweepSpace, run_sweep
+
+    space = SweepSpace(distance=("ce",), temperature=(2.0,), student_temperature=("teacher",), alpha=(0.0, 0.5),
+                       teacher=("tll",), layers=(1,), seeds=(0,))
+    result = run_sweep(SweepConfig(str(lm_store), str(tmp_path / "sweep"), "grid", space, 1,
+                                   _cfg(lm_store, tmp_path / "unused", max_steps=2)))
+    report = load_report(tmp_path / "sweep")
+    md = markdown(report)
+    rows = [r for rs in report.rows.values() for r in rs]
+    assert len(rows) >= 2  # the two points and the sweep's baselines
+    for row in rows:
+        want = [rec["test_eval"]["ece"] for rec in row.records]
+        assert row.calibration("ece") == ("test", pytest.approx(want))
+        assert f"| {want[0]:.4f} (test) |" in md
+    assert all(f"| {r['test_eval']['ece']:.4f} (test) |" in md for r in result.records.values())
 
 
 def test_a_student_with_another_tokenizer_is_refused_in_one_line(lm_store, lm_run, tmp_path, capsys):
@@ -157,7 +181,7 @@ def test_training_steps_do_not_depend_on_the_loss_chunk(lm_store, tmp_path, monk
     assert runs[0].losses == pytest.approx(runs[1].losses, rel=1e-5, abs=1e-6)
     a, b = runs[0].best.to_dict(), runs[1].best.to_dict()
     assert a.pop("split") == b.pop("split")
-    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-6) and {"ece", "brier"} <= a.keys()
     assert json.loads((tmp_path / "c3" / "run_config.json").read_text())["loss"]["chunk"] == 3
 
 
@@ -182,3 +206,57 @@ def test_a_sweep_tunes_tail_and_beta_on_a_causal_lm_store(lm_store, tmp_path):
     assert json.dumps(["gjsd", "renormalize", 0.3]) in cfgs
     gj = [r["val_eval"]["kd"] for r in recs.values() if r["point"]["distance"] == "gjsd"]
     assert len(set(gj)) == len(gj) == 4  # four gjsd runs, four different KD distances
+
+
+def _full_logit_calibration(student_dir: Path, split) -> dict[str, float]:
+    """logitstore.calibration of the saved student's whole (T, V) logits, one row at a time
+    and in float64, over the split's tokens that have a next token."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from logitstore.calibration import calibration
+    from logitstore.tasks import IGNORE
+
+    model = AutoModelForCausalLM.from_pretrained(student_dir).eval()
+    rows = []
+    with torch.no_grad():
+        for a, b in zip(split.offsets[:-1], split.offsets[1:]):
+            ids = torch.from_numpy(split.input_ids[a:b].astype(np.int64))[None]  # (1, t)
+            rows.append(model(input_ids=ids, use_cache=False).logits[0].double().numpy())  # (t, V)
+    z, m = np.concatenate(rows), split.labels != IGNORE  # (T, V), (T,)
+    return calibration(z[m], split.labels[m])
+
+
+def test_lm_students_ece_and_brier_equal_the_full_logits_at_any_chunk(lm_store, tmp_path):
+    """Calibration (issue 14): the ``ece`` and ``brier`` that `students train` records in
+    summary.json for a causal-LM student equal logitstore.calibration on the student's full
+    logits of the same tokens; evaluate_lm gives them with the LM head 3 tokens at a time
+    and with one chunk."""
+    from dataclasses import replace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from logitstore.store import open_store
+    from students.data import SplitBatches
+    from students.lm import evaluate_lm
+    from students.sparse_loss import SparseLossConfig
+
+    assert students_main(["train", "--store", str(lm_store), "--out", str(tmp_path / "s"), "--layers", "1",
+                          "--alpha", "0.5", "--max-steps", "4", "--batch-size", "4", "--seed", "3",
+                          "--no-progress", "--device", "cpu"]) == 0
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    store = open_store(lm_store)
+    for split, got in ((store.meta.validation_split, summary["best_validation"]), ("test", summary["test"])):
+        want = _full_logit_calibration(tmp_path / "s", store.read_split(split))
+        assert 0 < want["ece"] < 1 and 0 < want["brier"] < 2
+        assert {k: got[k] for k in want} == pytest.approx(want, abs=1e-6)
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "s").eval()
+    split = store.read_split("test")
+    loader = replace(_cfg(lm_store, tmp_path / "unused").loader_config(store.meta.pad_token_id), batch_size=5)
+    for chunk in (3, 100_000):
+        res = evaluate_lm(student, SplitBatches(store, split, None, loader, shuffle=False, read_logits=False), None,
+                          SparseLossConfig(chunk=chunk), torch.device("cpu"))
+        assert {k: res.scores[k] for k in ("ece", "brier")} == pytest.approx(
+            {k: summary["test"][k] for k in ("ece", "brier")}, abs=1e-6)
