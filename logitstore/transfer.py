@@ -8,8 +8,10 @@ label column in the files is dropped unread, and nothing that needs labels uses 
 split_scores, validation loss, score or calibration; ths / tll never look at it). Students
 train on it with `students train --transfer` (students/transfer.py).
 
-Sequence classification only: a token task's transfer rows would need the word boundaries
-its labels mark (NER: the first sub-token of each word; QA: answer windows).
+Tasks say whether they take it (``Task.transfer_split``): sequence classification (texts)
+and NER (sentences as word lists, the ``tokens`` column without ``ner_tags``; every token's
+label -100, the teacher's logits on every token). QA does not: its windows and the scoring
+of its rows need answer structure the transfer texts do not carry.
 """
 from __future__ import annotations
 
@@ -29,12 +31,19 @@ TRANSFER_SPLIT = "transfer"
 #: `logitstore build --transfer` help.
 TRANSFER_HELP = ("unlabelled texts (CSV/JSON/JSONL/parquet with the --data text columns; a label column is ignored) "
                  "written as a split named transfer with the teacher's logits and no labels, for `students train "
-                 "--transfer` (sequence classification)")
+                 "--transfer` (sequence classification, NER)")
 
 
 def supports_transfer(task: Any) -> bool:
-    """Whether a store of ``task`` can hold a transfer split (one label per row)."""
-    return task.layout == "row"
+    """Whether a store of ``task`` can hold a transfer split (``Task.transfer_split``)."""
+    return bool(task.transfer_split)
+
+
+def transfer_tasks() -> str:
+    """The names of the tasks whose stores can hold a transfer split, for messages."""
+    from logitstore.tasks import TASKS
+
+    return ", ".join(t.name for t in TASKS.values() if t.transfer_split)
 
 
 def read_transfer(source: str | Path, cfg: Any) -> Any:
@@ -77,7 +86,7 @@ def with_transfer(raw: dict[str, Any], source: str | Path | None, cfg: Any) -> d
     if source is None:
         return raw
     if not supports_transfer(cfg.task):
-        raise DataError(f"--transfer works for sequence-classification stores only (this is {cfg.task.name}); "
+        raise DataError(f"--transfer works for {transfer_tasks()} stores only (this is {cfg.task.name}); "
                         "drop --transfer")
     if TRANSFER_SPLIT in raw:
         raise DataError(f"--data already has a split named {TRANSFER_SPLIT!r}; rename it or drop --transfer")
@@ -87,9 +96,9 @@ def with_transfer(raw: dict[str, Any], source: str | Path | None, cfg: Any) -> d
 def tokenize_transfer(ds: Any, tokenizer: Any, cfg: Any, label_map: dict[Any, int],
                       input_names: Sequence[str]) -> tuple[SplitData, str]:
     """The transfer split, tokenized like the labelled ones (the task's ``tokenize``, the same
-    tokenizer and DataConfig), its labels all IGNORE; and its content sha256."""
-    placeholder = next(iter(label_map))  # any valid label: the task's tokenize needs one; replaced below
-    ds = ds.add_column(cfg.label_column, [placeholder] * len(ds))
+    tokenizer and DataConfig), its labels (R,) or per token (T,) all IGNORE; and its content sha256."""
+    # valid labels, only because the task's tokenize needs some: replaced by IGNORE below
+    ds = ds.add_column(cfg.label_column, cfg.task.placeholder_labels(ds, cfg, label_map))
     data, sha = cfg.task.tokenize(TRANSFER_SPLIT, ds, tokenizer, cfg, label_map, input_names)
     return replace(data, labels=np.full(data.labels.shape, IGNORE, dtype=np.int64)), sha
 

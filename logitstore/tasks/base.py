@@ -78,6 +78,9 @@ class Task(ABC):
     output_names: ClassVar[tuple[str, ...]] = ("logits",)
     #: Graph inputs besides the model's (sampled causal LM: ``draws``, uniform numbers); ``extra_feed`` makes them.
     extra_inputs: ClassVar[tuple[str, ...]] = ()
+    #: Whether a store of this task can hold a ``transfer`` split of unlabelled data
+    #: (logitstore/transfer.py); such a task implements ``placeholder_labels`` and ``unlabelled_terms``.
+    transfer_split: ClassVar[bool] = False
 
     @property
     def fingerprint_tag(self) -> str:
@@ -122,6 +125,11 @@ class Task(ABC):
                  input_names: Sequence[str]) -> tuple["SplitData", str]:
         """One split tokenized into the store's ragged layout, and the sha256 of the content
         the store depends on (texts, mapped labels, example ids)."""
+
+    def placeholder_labels(self, ds: Any, cfg: "DataConfig", label_map: dict[Any, int]) -> list[Any]:
+        """A label column of valid labels for the unlabelled rows ``ds`` (transfer data), so that
+        ``tokenize`` runs on them unchanged; logitstore/transfer.py then sets every label to IGNORE."""
+        raise NotImplementedError(f"{self.name} stores hold no transfer split")
 
     def fingerprint(self, cfg: "DataConfig") -> dict[str, Any]:
         """What the dataset fingerprint records about the task beyond columns and length."""
@@ -225,6 +233,18 @@ class Task(ABC):
         store's layout of ``split``: (R, C) per row, or (T, C) per token."""
 
     # ------------------------------------------------------------------ KD loss
+    def unlabelled_rows(self, labels: "torch.Tensor") -> "torch.Tensor":
+        """(B,) bool: the rows of a batch without any label (transfer rows): ``labels`` (B,) equal
+        to IGNORE, or (B, T) / (B, 2) with every entry IGNORE."""
+        none = labels == IGNORE
+        return none if none.dim() == 1 else none.all(dim=-1)
+
+    def unlabelled_terms(self, student: "torch.Tensor", teacher: "torch.Tensor",
+                         attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:
+        """Like ``kd_terms`` for rows without labels (transfer rows): the terms the KD term alone
+        averages over (every KDTerm's ``labels`` None) and their number."""
+        raise NotImplementedError(f"{self.name} stores hold no transfer split")
+
     @abstractmethod
     def kd_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor | None",
                  attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:

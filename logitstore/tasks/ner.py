@@ -6,7 +6,9 @@ carries the word's tag id; later sub-tokens and special tokens carry -100 (IGNOR
 Scores: mean CE over labelled tokens (the validation loss), entity-level precision,
 recall and F1 (conlleval / seqeval's default lenient rules), token accuracy, and ECE and
 Brier per labelled token. The KD
-loss covers the labelled tokens only. The BIO helpers here need no torch.
+loss covers the labelled tokens only; on unlabelled (transfer) rows, whose labels are all
+-100, the KD term covers every real token of the row (the store keeps no word boundaries
+for them). The BIO helpers here need no torch.
 """
 from __future__ import annotations
 
@@ -186,6 +188,7 @@ class TokenClassification(Task):
     label_column = "ner_tags"
     file_suffixes = (".conll", ".txt")
     token_labels = True
+    transfer_split = True
 
     def read_files(self, suffix: str, files: Sequence[Path]) -> Any | None:
         if suffix not in self.file_suffixes:
@@ -248,6 +251,12 @@ class TokenClassification(Task):
         cut = count_truncated(tokenizer, np.diff(offsets), cfg.max_length, texts, is_split_into_words=True)
         return SplitData(name, flat, offsets, flat_labels, example_ids, truncated_rows=cut), sha
 
+    def placeholder_labels(self, ds: Any, cfg: "DataConfig", label_map: dict[Any, int]) -> list[Any]:
+        """One valid tag per word of each row (a row that is not a word list gets none, and
+        ``tokenize`` names it)."""
+        tag = next(iter(label_map))
+        return [[tag] * len(w) if isinstance(w, (list, tuple)) else [] for w in ds[cfg.text_columns[0]]]
+
     def scores(self, logits: np.ndarray, split: SplitData, label_names: list[str]) -> dict[str, float]:
         """Over the labelled tokens of ``logits`` (T, C): mean CE, entity scores, accuracy, and
         ECE and Brier per labelled token."""
@@ -268,6 +277,14 @@ class TokenClassification(Task):
         special tokens and later sub-tokens take no part in either term."""
         keep = labels != IGNORE  # (B, T)
         return [KDTerm(student[keep], labels[keep], None if teacher is None else teacher[keep])], int(keep.sum())
+
+    def unlabelled_terms(self, student: "torch.Tensor", teacher: "torch.Tensor",
+                         attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:
+        """Every real token (attention_mask (B, T) == 1) of rows without labels as one term,
+        special tokens and later sub-tokens included: a transfer row's labels are all -100, so
+        they cannot mark the words' first sub-tokens. ``student``/``teacher`` (B, T, C)."""
+        keep = attention_mask.bool()  # (B, T)
+        return [KDTerm(student[keep], None, teacher[keep])], int(keep.sum())
 
 
 def _tag_sequences(splits: dict[str, Any], column: str, names_of_ids: list[str] | None) -> list[list[str]]:
