@@ -110,9 +110,9 @@ class SequenceClassification(Task):
         """One term over the B examples: logits (B, C), labels (B,)."""
         return [KDTerm(student, labels, teacher)], len(student)
 
-    def unlabelled_terms(self, student: "torch.Tensor", teacher: "torch.Tensor",
+    def unlabelled_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor",
                          attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:
-        """One term over the B examples, no labels: logits (B, C)."""
+        """One term over the B examples (labels (B,) all IGNORE), no labels: logits (B, C)."""
         return [KDTerm(student, None, teacher)], len(student)
 
 
