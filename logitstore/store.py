@@ -156,6 +156,10 @@ class LogitStore:
                 "pick one of those or rebuild the store with it"
             )
         from logitstore.tasks import IGNORE, get_task  # not at the top: the task modules import this one
+        from logitstore.transfer import TRANSFER_SPLIT
+
+        task = get_task(self.meta.task)
+        marker = task.transfer_marker if name == TRANSFER_SPLIT else IGNORE  # NER transfer: word starts -2
 
         meta = self.split_meta(name)
         with _reading(self.path, f"split {name!r}"):
@@ -176,9 +180,9 @@ class LogitStore:
             len(offsets) == meta.rows + 1 and len(ids) == meta.tokens and offsets[0] == 0
             # faults (issue 10): per-row arrays must have the split's rows too (a halved shape)
             and len(example_ids) == meta.rows
-            and len(labels) == (meta.tokens if get_task(self.meta.task).token_labels else meta.rows)
+            and len(labels) == (meta.tokens if task.token_labels else meta.rows)
             and offsets[-1] == meta.tokens and bool((np.diff(offsets) > 0).all())
-            and bool((ids >= 0).all()) and bool(((labels >= 0) | (labels == IGNORE)).all())
+            and bool((ids >= 0).all()) and bool(((labels >= 0) | (labels == IGNORE) | (labels == marker)).all())
             and bool((example_ids >= 0).all()) and (tt is None or bool((tt >= 0).all()))
             and (not qa or (bool((qa["offset_mapping"] >= -1).all()) and bool((qa["window_of"] >= 0).all())))
         )

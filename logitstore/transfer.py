@@ -3,13 +3,18 @@
 `logitstore build --data ... --transfer FILE_OR_FOLDER` reads more texts (the same text
 columns, the same tokenizer and ``--max-length`` as the labelled splits), tokenizes them
 into a split named ``transfer`` and runs every teacher checkpoint over it. The split holds
-no labels: its ``labels`` array is all -100 (IGNORE, the project's "no label" value), any
-label column in the files is dropped unread, and nothing that needs labels uses it (no
-split_scores, validation loss, score or calibration; ths / tll never look at it). Students
-train on it with `students train --transfer` (students/transfer.py).
+no gold labels: its ``labels`` array holds -100 (IGNORE, the project's "no label" value)
+except where the task marks a position to distil (``Task.transfer_marker``: NER stores -2,
+UNLABELLED, at each word's first sub-token); any label column in the files is dropped
+unread, and nothing that needs labels uses it (no split_scores, validation loss, score or
+calibration; ths / tll never look at it). Students train on it with `students train
+--transfer` (students/transfer.py).
 
-Sequence classification only: a token task's transfer rows would need the word boundaries
-its labels mark (NER: the first sub-token of each word; QA: answer windows).
+Tasks say whether they take it (``Task.transfer_split``): sequence classification (texts;
+every row -100) and NER (sentences as word lists, the ``tokens`` column without
+``ner_tags``; -2 at each word's first sub-token, -100 elsewhere, the teacher's logits on
+every token). QA does not: its windows and the scoring of its rows need answer structure
+the transfer texts do not carry.
 """
 from __future__ import annotations
 
@@ -29,12 +34,19 @@ TRANSFER_SPLIT = "transfer"
 #: `logitstore build --transfer` help.
 TRANSFER_HELP = ("unlabelled texts (CSV/JSON/JSONL/parquet with the --data text columns; a label column is ignored) "
                  "written as a split named transfer with the teacher's logits and no labels, for `students train "
-                 "--transfer` (sequence classification)")
+                 "--transfer` (sequence classification, NER)")
 
 
 def supports_transfer(task: Any) -> bool:
-    """Whether a store of ``task`` can hold a transfer split (one label per row)."""
-    return task.layout == "row"
+    """Whether a store of ``task`` can hold a transfer split (``Task.transfer_split``)."""
+    return bool(task.transfer_split)
+
+
+def transfer_tasks() -> str:
+    """The names of the tasks whose stores can hold a transfer split, for messages."""
+    from logitstore.tasks import TASKS
+
+    return ", ".join(t.name for t in TASKS.values() if t.transfer_split)
 
 
 def read_transfer(source: str | Path, cfg: Any) -> Any:
@@ -77,7 +89,7 @@ def with_transfer(raw: dict[str, Any], source: str | Path | None, cfg: Any) -> d
     if source is None:
         return raw
     if not supports_transfer(cfg.task):
-        raise DataError(f"--transfer works for sequence-classification stores only (this is {cfg.task.name}); "
+        raise DataError(f"--transfer works for {transfer_tasks()} stores only (this is {cfg.task.name}); "
                         "drop --transfer")
     if TRANSFER_SPLIT in raw:
         raise DataError(f"--data already has a split named {TRANSFER_SPLIT!r}; rename it or drop --transfer")
@@ -87,11 +99,14 @@ def with_transfer(raw: dict[str, Any], source: str | Path | None, cfg: Any) -> d
 def tokenize_transfer(ds: Any, tokenizer: Any, cfg: Any, label_map: dict[Any, int],
                       input_names: Sequence[str]) -> tuple[SplitData, str]:
     """The transfer split, tokenized like the labelled ones (the task's ``tokenize``, the same
-    tokenizer and DataConfig), its labels all IGNORE; and its content sha256."""
-    placeholder = next(iter(label_map))  # any valid label: the task's tokenize needs one; replaced below
-    ds = ds.add_column(cfg.label_column, [placeholder] * len(ds))
+    tokenizer and DataConfig), and its content sha256. Its labels, (R,) or per token (T,), are
+    the task's ``transfer_marker`` where ``tokenize`` put a label (NER: each word's first
+    sub-token) and IGNORE elsewhere: no gold label survives."""
+    # valid labels, only because the task's tokenize needs some: replaced by the marker below
+    ds = ds.add_column(cfg.label_column, cfg.task.placeholder_labels(ds, cfg, label_map))
     data, sha = cfg.task.tokenize(TRANSFER_SPLIT, ds, tokenizer, cfg, label_map, input_names)
-    return replace(data, labels=np.full(data.labels.shape, IGNORE, dtype=np.int64)), sha
+    labels = np.where(data.labels >= 0, cfg.task.transfer_marker, IGNORE).astype(np.int64)  # (R,) or (T,)
+    return replace(data, labels=labels), sha
 
 
 def labelled(names: Sequence[str]) -> list[str]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from logitstore.tasks import Task
+from logitstore.tasks import KDTerm, Task
 from students.config import KDLossConfig
 
 
@@ -120,6 +120,12 @@ def task_loss(task: Task, student_logits: torch.Tensor, labels: torch.Tensor, te
     (alpha 1) drops the gold labels; the task's masks still apply.
     """
     terms, n = task.kd_terms(student_logits, labels, teacher_logits, attention_mask)
+    return terms_loss(terms, cfg, use_labels), n
+
+
+def terms_loss(terms: list[KDTerm], cfg: KDLossConfig, use_labels: bool = True) -> KDLossOutput:
+    """The mean of ``kd_loss`` over a task's KD terms (``Task.kd_terms`` or ``unlabelled_terms``);
+    ``use_labels`` False drops the terms' gold labels (needs alpha 1)."""
     parts = [kd_loss(t.student, t.labels if use_labels else None, t.teacher, cfg, mask=t.mask) for t in terms]
     mean = lambda xs: None if xs[0] is None else sum(xs) / len(xs)  # noqa: E731
-    return KDLossOutput(mean([p.loss for p in parts]), mean([p.ce for p in parts]), mean([p.kd for p in parts])), n
+    return KDLossOutput(mean([p.loss for p in parts]), mean([p.ce for p in parts]), mean([p.kd for p in parts]))

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from logitstore.tasks.base import IGNORE, KDTerm, Task
+from logitstore.tasks.base import IGNORE, UNLABELLED, KDTerm, Task
 from logitstore.tasks.causal_lm import CausalLM
 from logitstore.tasks.causal_lm_sampled import CausalLMSampled
 from logitstore.tasks.classification import SequenceClassification
@@ -74,4 +74,5 @@ def task_of_folders(folders: Sequence[Path]) -> Task:
     return TASKS[DEFAULT_TASK]
 
 
-__all__ = ["ALIASES", "DEFAULT_TASK", "IGNORE", "KDTerm", "TASKS", "Task", "get_task", "task_of_architecture", "task_of_folders"]
+__all__ = ["ALIASES", "DEFAULT_TASK", "IGNORE", "KDTerm", "TASKS", "Task", "UNLABELLED", "get_task",
+           "task_of_architecture", "task_of_folders"]

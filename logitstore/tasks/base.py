@@ -28,6 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
     from logitstore.store import SplitData
 
 IGNORE = -100  # label of tokens without a label (later sub-tokens, special tokens)
+#: Label of a position that is distilled but has no gold label: the first sub-token of a word
+#: in a transfer (unlabelled) row of a token task (docs/store-format.md). Never a CE target.
+#: Not -1: that is the fill value of the split arrays, which readers take for a lost chunk.
+UNLABELLED = -2
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,12 @@ class Task(ABC):
     output_names: ClassVar[tuple[str, ...]] = ("logits",)
     #: Graph inputs besides the model's (sampled causal LM: ``draws``, uniform numbers); ``extra_feed`` makes them.
     extra_inputs: ClassVar[tuple[str, ...]] = ()
+    #: Whether a store of this task can hold a ``transfer`` split of unlabelled data
+    #: (logitstore/transfer.py); such a task implements ``placeholder_labels`` and ``unlabelled_terms``.
+    transfer_split: ClassVar[bool] = False
+    #: The stored label of a transfer row wherever ``tokenize`` put a (placeholder) label:
+    #: IGNORE (one label per row: nothing to mark), or UNLABELLED (NER: the words' first sub-tokens).
+    transfer_marker: ClassVar[int] = IGNORE
 
     @property
     def fingerprint_tag(self) -> str:
@@ -122,6 +132,12 @@ class Task(ABC):
                  input_names: Sequence[str]) -> tuple["SplitData", str]:
         """One split tokenized into the store's ragged layout, and the sha256 of the content
         the store depends on (texts, mapped labels, example ids)."""
+
+    def placeholder_labels(self, ds: Any, cfg: "DataConfig", label_map: dict[Any, int]) -> list[Any]:
+        """A label column of valid labels for the unlabelled rows ``ds`` (transfer data), so that
+        ``tokenize`` runs on them unchanged; logitstore/transfer.py then stores ``transfer_marker``
+        where a label landed and IGNORE elsewhere."""
+        raise NotImplementedError(f"{self.name} stores hold no transfer split")
 
     def fingerprint(self, cfg: "DataConfig") -> dict[str, Any]:
         """What the dataset fingerprint records about the task beyond columns and length."""
@@ -225,6 +241,19 @@ class Task(ABC):
         store's layout of ``split``: (R, C) per row, or (T, C) per token."""
 
     # ------------------------------------------------------------------ KD loss
+    def unlabelled_rows(self, labels: "torch.Tensor") -> "torch.Tensor":
+        """(B,) bool: the rows of a batch without any gold label (transfer rows): ``labels`` (B,)
+        below 0 (IGNORE), or (B, T) / (B, 2) with every entry below 0 (IGNORE or UNLABELLED)."""
+        none = labels < 0
+        return none if none.dim() == 1 else none.all(dim=-1)
+
+    def unlabelled_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor",
+                         attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:
+        """Like ``kd_terms`` for rows without gold labels (transfer rows, ``labels`` as stored:
+        IGNORE or ``transfer_marker``): the terms the KD term alone averages over (every KDTerm's
+        ``labels`` None, so no cross-entropy sees a marker) and their number."""
+        raise NotImplementedError(f"{self.name} stores hold no transfer split")
+
     @abstractmethod
     def kd_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor | None",
                  attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:

@@ -34,6 +34,7 @@ class SequenceClassification(Task):
     metrics = ("accuracy", "macro_f1")
     text_columns = ("text",)
     label_column = "label"
+    transfer_split = True
 
     def fingerprint(self, cfg: "DataConfig") -> dict[str, Any]:
         return {}  # the first task: its fingerprints predate the task key and stay valid
@@ -94,6 +95,9 @@ class SequenceClassification(Task):
         cut = count_truncated(tokenizer, np.diff(offsets), cfg.max_length, *texts)  # a cut text (or pair)
         return SplitData(name, flat, offsets, labels, example_ids, tt, truncated_rows=cut), sha
 
+    def placeholder_labels(self, ds: Any, cfg: "DataConfig", label_map: dict[Any, int]) -> list[Any]:
+        return [next(iter(label_map))] * len(ds)  # any valid label per row
+
     def scores(self, logits: np.ndarray, split: SplitData, label_names: list[str]) -> dict[str, float]:
         """Mean CE over rows; accuracy, macro-F1; ECE and Brier per example (logitstore/calibration.py).
         ``logits`` (R, C), labels (R,)."""
@@ -105,6 +109,11 @@ class SequenceClassification(Task):
                  attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:
         """One term over the B examples: logits (B, C), labels (B,)."""
         return [KDTerm(student, labels, teacher)], len(student)
+
+    def unlabelled_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor",
+                         attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:
+        """One term over the B examples (labels (B,) all IGNORE), no labels: logits (B, C)."""
+        return [KDTerm(student, None, teacher)], len(student)
 
 
 def _is_int(v: Any) -> bool:

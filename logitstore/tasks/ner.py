@@ -6,7 +6,10 @@ carries the word's tag id; later sub-tokens and special tokens carry -100 (IGNOR
 Scores: mean CE over labelled tokens (the validation loss), entity-level precision,
 recall and F1 (conlleval / seqeval's default lenient rules), token accuracy, and ECE and
 Brier per labelled token. The KD
-loss covers the labelled tokens only. The BIO helpers here need no torch.
+loss covers the labelled tokens only. Unlabelled (transfer) rows store -2 (UNLABELLED, "a
+word start with no gold label") at each word's first sub-token and -100 elsewhere, so their
+KD term covers exactly the positions a labelled row's covers, with no CE term. The BIO
+helpers here need no torch.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from logitstore.calibration import calibration
 from logitstore.errors import DataError
 from logitstore.metrics import accuracy, cross_entropy
 from logitstore.store import SplitData, ragged
-from logitstore.tasks.base import (IGNORE, KDTerm, Task, content_sha256, count_truncated, generic_label_names,
+from logitstore.tasks.base import (UNLABELLED, KDTerm, Task, content_sha256, count_truncated, generic_label_names,
                                    need_fast)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -186,6 +189,8 @@ class TokenClassification(Task):
     label_column = "ner_tags"
     file_suffixes = (".conll", ".txt")
     token_labels = True
+    transfer_split = True
+    transfer_marker = UNLABELLED  # a transfer row's word starts: distilled, never a CE target
 
     def read_files(self, suffix: str, files: Sequence[Path]) -> Any | None:
         if suffix not in self.file_suffixes:
@@ -248,11 +253,17 @@ class TokenClassification(Task):
         cut = count_truncated(tokenizer, np.diff(offsets), cfg.max_length, texts, is_split_into_words=True)
         return SplitData(name, flat, offsets, flat_labels, example_ids, truncated_rows=cut), sha
 
+    def placeholder_labels(self, ds: Any, cfg: "DataConfig", label_map: dict[Any, int]) -> list[Any]:
+        """One valid tag per word of each row (a row that is not a word list gets none, and
+        ``tokenize`` names it)."""
+        tag = next(iter(label_map))
+        return [[tag] * len(w) if isinstance(w, (list, tuple)) else [] for w in ds[cfg.text_columns[0]]]
+
     def scores(self, logits: np.ndarray, split: SplitData, label_names: list[str]) -> dict[str, float]:
         """Over the labelled tokens of ``logits`` (T, C): mean CE, entity scores, accuracy, and
         ECE and Brier per labelled token."""
         labels = split.labels  # (T,)
-        mask = labels != IGNORE  # (T,)
+        mask = labels >= 0  # (T,) gold labels only: never IGNORE or UNLABELLED
         pred = logits.argmax(axis=-1)  # (T,)
         gold_seqs, pred_seqs = [], []
         for a, b in zip(split.offsets[:-1], split.offsets[1:]):
@@ -264,10 +275,19 @@ class TokenClassification(Task):
 
     def kd_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor | None",
                  attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:
-        """The labelled tokens (labels (B, T) != -100) as if they were examples: padding,
-        special tokens and later sub-tokens take no part in either term."""
-        keep = labels != IGNORE  # (B, T)
+        """The labelled tokens (labels (B, T) >= 0) as if they were examples: padding,
+        special tokens and later sub-tokens (IGNORE) take no part in either term, nor does a
+        transfer row's UNLABELLED word start (``unlabelled_terms`` distils those)."""
+        keep = labels >= 0  # (B, T)
         return [KDTerm(student[keep], labels[keep], None if teacher is None else teacher[keep])], int(keep.sum())
+
+    def unlabelled_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor",
+                         attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:
+        """The word starts of rows without gold labels (labels (B, T) == UNLABELLED) as one term
+        with no labels: the positions ``kd_terms`` keeps on a labelled row, so special tokens,
+        later sub-tokens and padding (IGNORE) take no part. ``student``/``teacher`` (B, T, C)."""
+        keep = labels == UNLABELLED  # (B, T)
+        return [KDTerm(student[keep], None, teacher[keep])], int(keep.sum())
 
 
 def _tag_sequences(splits: dict[str, Any], column: str, names_of_ids: list[str] | None) -> list[list[str]]:
