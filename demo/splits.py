@@ -6,7 +6,6 @@ Both shuffle with a seed, keep the first ``limit`` examples and cut them by ``fr
 """
 from __future__ import annotations
 
-import bz2
 import csv
 import io
 import json
@@ -14,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from demo.corpora import read_rotten_tomatoes
 from logitstore.errors import DataError
 from logitstore.tasks.ner import read_conll
 from logitstore.util import seeded_split
@@ -61,9 +61,7 @@ def text_splits(pairs: Iterable[tuple[str, str]], out: Path, limit: int | None =
 def rotten_tomatoes_splits(corpus_bz2: Path, out: Path, limit: int | None = None, seed: int = 0,
                            fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Path:
     """text_splits of the Rotten Tomatoes corpus (a bz2 CSV with text and category columns)."""
-    with bz2.open(corpus_bz2, "rt", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return text_splits(((r["text"], r["category"]) for r in rows), out, limit, seed, fractions)
+    return text_splits(read_rotten_tomatoes([Path(corpus_bz2)]), out, limit, seed, fractions)
 
 
 def wnut_splits(ner_txt: Path, out: Path, limit: int | None = None, seed: int = 0,
