@@ -94,7 +94,9 @@ def _recorded(out: Path, ckpt: str = ENTRY[0], split: str = ENTRY[1]) -> dict[in
     records = folder / "blocks" / "c"
     if not records.is_dir():
         return {}
-    return {int(p.name): (folder / "logits" / "c" / p.name / "0").stat().st_mtime_ns for p in records.iterdir()}
+    # a record still being written (NAME.<id>.partial, renamed when done) is not a recorded block yet
+    return {int(p.name): (folder / "logits" / "c" / p.name / "0").stat().st_mtime_ns for p in records.iterdir()
+            if p.name.isdigit()}
 
 
 # ---------------------------------------------------------------------------- one store, however built
