@@ -11,10 +11,12 @@ calibration; ths / tll never look at it). Students train on it with `students tr
 --transfer` (students/transfer.py).
 
 Tasks say whether they take it (``Task.transfer_split``): sequence classification (texts;
-every row -100) and NER (sentences as word lists, the ``tokens`` column without
+every row -100), NER (sentences as word lists, the ``tokens`` column without
 ``ner_tags``; -2 at each word's first sub-token, -100 elsewhere, the teacher's logits on
-every token). QA does not: its windows and the scoring of its rows need answer structure
-the transfer texts do not carry.
+every token) and extractive QA ((question, context) pairs without answers, cut into
+windows with the labelled splits' --max-length and --stride; every window's start and end
+-100, no answers kept, the teacher's start and end logits on every token). The causal LM
+does not: its train split is already unlabelled text.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ TRANSFER_SPLIT = "transfer"
 #: `logitstore build --transfer` help.
 TRANSFER_HELP = ("unlabelled texts (CSV/JSON/JSONL/parquet with the --data text columns; a label column is ignored) "
                  "written as a split named transfer with the teacher's logits and no labels, for `students train "
-                 "--transfer` (sequence classification, NER)")
+                 "--transfer` (sequence classification, NER, extractive QA)")
 
 
 def supports_transfer(task: Any) -> bool:
@@ -99,14 +101,15 @@ def with_transfer(raw: dict[str, Any], source: str | Path | None, cfg: Any) -> d
 def tokenize_transfer(ds: Any, tokenizer: Any, cfg: Any, label_map: dict[Any, int],
                       input_names: Sequence[str]) -> tuple[SplitData, str]:
     """The transfer split, tokenized like the labelled ones (the task's ``tokenize``, the same
-    tokenizer and DataConfig), and its content sha256. Its labels, (R,) or per token (T,), are
-    the task's ``transfer_marker`` where ``tokenize`` put a label (NER: each word's first
-    sub-token) and IGNORE elsewhere: no gold label survives."""
+    tokenizer and DataConfig), and its content sha256. Its labels, (R,), per token (T,) or QA's
+    (R, 2), are the task's ``transfer_marker`` where ``tokenize`` put a label (NER: each word's
+    first sub-token) and IGNORE elsewhere, and QA keeps no answer: no gold label survives."""
     # valid labels, only because the task's tokenize needs some: replaced by the marker below
     ds = ds.add_column(cfg.label_column, cfg.task.placeholder_labels(ds, cfg, label_map))
     data, sha = cfg.task.tokenize(TRANSFER_SPLIT, ds, tokenizer, cfg, label_map, input_names)
-    labels = np.where(data.labels >= 0, cfg.task.transfer_marker, IGNORE).astype(np.int64)  # (R,) or (T,)
-    return replace(data, labels=labels), sha
+    labels = np.where(data.labels >= 0, cfg.task.transfer_marker, IGNORE).astype(np.int64)  # (R,), (T,) or (R, 2)
+    answers = None if data.answers is None else [[] for _ in data.answers]  # QA: the placeholders go too
+    return replace(data, labels=labels, answers=answers), sha
 
 
 def labelled(names: Sequence[str]) -> list[str]:

@@ -39,15 +39,23 @@ from students.teacher import CachedTeacher
 
 
 def joined(a: SplitData, b: SplitData, name: str = "train+transfer") -> SplitData:
-    """Rows of ``a`` then rows of ``b`` as one split: labels (R,) or per token (T,) (NER)."""
+    """Rows of ``a`` then rows of ``b`` as one split: labels (R,), per token (T,) (NER) or
+    (R, 2) (QA, whose windows keep their offset mapping, record of origin (``window_of``,
+    shifted past ``a``'s records), contexts and answers)."""
     types = None
     if a.token_type_ids is not None or b.token_type_ids is not None:
         zeros = lambda s: np.zeros(len(s.input_ids), np.int8)  # noqa: E731
         types = np.concatenate([a.token_type_ids if a.token_type_ids is not None else zeros(a),
                                 b.token_type_ids if b.token_type_ids is not None else zeros(b)])
+    qa = {}
+    if a.window_of is not None and b.window_of is not None:  # QA windows: (T, 2), (R,), per record
+        qa = {"offset_mapping": np.concatenate([a.offset_mapping, b.offset_mapping]),
+              "window_of": np.concatenate([a.window_of, b.window_of + len(a.contexts)]),
+              "contexts": a.contexts + b.contexts, "answers": a.answers + b.answers}
     return SplitData(name, np.concatenate([a.input_ids, b.input_ids]),
                      np.concatenate([a.offsets, b.offsets[1:] + a.offsets[-1]]),
-                     np.concatenate([a.labels, b.labels]), np.concatenate([a.example_ids, b.example_ids]), types)
+                     np.concatenate([a.labels, b.labels]), np.concatenate([a.example_ids, b.example_ids]), types,
+                     **qa)
 
 
 class JoinedBatches(SplitBatches):

@@ -137,19 +137,19 @@ def test_a_store_without_transfer_refuses_students_train_transfer(stores, tmp_pa
     assert_one_line_error(code, err[0], "has no transfer split", "--transfer")
 
 
-def test_a_qa_build_refuses_transfer_in_one_line(_env, tmp_path, capsys, transfer_file):
-    """QA has no transfer split (NER has: tests/test_transfer_ner.py); the build says so first."""
-    from conftest import make_qa_records, make_qa_teacher, run_cli, write_jsonl
+def test_a_causal_lm_build_refuses_transfer_in_one_line(_env, tmp_path, capsys, transfer_file):
+    """The causal LM has no transfer split (its train split is unlabelled text already; NER
+    and QA have one: tests/test_transfer_ner.py, tests/test_transfer_qa.py); the build says so
+    first and writes nothing."""
+    from conftest import make_lm_teacher, run_cli, write_lm_splits
 
-    teacher = make_qa_teacher(tmp_path / "qa-teacher", seed=0)
-    data = tmp_path / "qa"
-    write_jsonl(data / "train.jsonl", make_qa_records(6, seed=1))
-    write_jsonl(data / "validation.jsonl", make_qa_records(4, seed=2))
-    code, line = run_cli(capsys, "build", "--teacher", str(teacher), "--data", str(data), "--out",
-                         str(tmp_path / "qa.zarr"), "--transfer", str(transfer_file))
-    assert_one_line_error(code, line, "--transfer works for sequence-classification, token-classification stores "
-                          "only", "question-answering")
-    assert not (tmp_path / "qa.zarr").exists()
+    teacher = make_lm_teacher(tmp_path / "lm-teacher", seed=0)
+    data = write_lm_splits(tmp_path / "lm", {"train": 6, "validation": 4})
+    code, line = run_cli(capsys, "build", "--task", "causal-lm", "--teacher", str(teacher), "--data", str(data),
+                         "--out", str(tmp_path / "lm.zarr"), "--transfer", str(transfer_file))
+    assert_one_line_error(code, line, "--transfer works for sequence-classification, token-classification, "
+                          "question-answering stores only", "causal-lm")
+    assert not (tmp_path / "lm.zarr").exists()
 
 
 def test_transfer_texts_without_the_text_column_are_refused(stores, tiny_teachers, tiny_data, tmp_path, capsys):

@@ -9,17 +9,16 @@ start and end logits per token, (T, 2). Scores: mean over windows of (CE(start) 
 CE(end)) / 2, each a softmax over the window's tokens (the validation loss); exact match
 and F1 (SQuAD v1.1 rules) of the best span of each question over all its windows; ECE and
 Brier over every window's start and end distributions pooled. The
-helpers need no torch.
+helpers need no torch. A ``transfer`` split (logitstore/transfer.py) holds unlabelled
+(question, context) pairs windowed the same way, start and end -100 and no answers; a
+student distils both distributions of each of its windows with the KD term alone.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-import string
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from logitstore.calibration import pooled
 from logitstore.errors import DataError
-from logitstore.metrics import log_softmax
+from logitstore.metrics import log_softmax, squad_scores
 from logitstore.store import SplitData, ragged
 from logitstore.tasks.base import KDTerm, Task, need_fast
 
@@ -264,41 +263,6 @@ def best_spans(start_logits: list[np.ndarray], end_logits: list[np.ndarray], win
     return ["" if b is None else b[1] for b in best]
 
 
-# ---------------------------------------------------------------------------- scoring
-
-def _normalize(s: str) -> str:
-    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-_PUNCT = set(string.punctuation)
-
-
-def _f1(pred: str, gold: str) -> float:
-    p, g = _normalize(pred).split(), _normalize(gold).split()
-    same = sum((Counter(p) & Counter(g)).values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(p), same / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
-def squad_scores(predictions: list[str], answers: list[list[str]]) -> dict[str, float]:
-    """SQuAD v1.1 exact match and token F1 as fractions in [0, 1] (max over gold answers, mean over questions)."""
-    if len(predictions) != len(answers):
-        raise DataError(f"got {len(predictions)} predictions for {len(answers)} questions; pass one per question")
-    if not predictions:
-        raise DataError("no predictions to score; pass at least one question")
-    em = f1 = 0.0
-    for q, (pred, golds) in enumerate(zip(predictions, answers)):
-        if not golds:
-            raise DataError(f"question {q} has no gold answer; drop unanswerable questions before scoring")
-        em += max(float(_normalize(pred) == _normalize(g)) for g in golds)
-        f1 += max(_f1(pred, g) for g in golds)
-    return {"exact_match": em / len(predictions), "f1": f1 / len(predictions)}
-
-
 # ---------------------------------------------------------------------------- the task
 class QuestionAnswering(Task):
     name = "question-answering"
@@ -310,6 +274,7 @@ class QuestionAnswering(Task):
     text_columns = ("question", "context")
     label_column = "answers"
     uses_stride = True
+    transfer_split = True  # unlabelled (question, context) pairs: every window's start and end distilled
     extra_split_arrays = {"offset_mapping": "tokens", "window_of": "rows", "token_type_ids": "tokens",
                           "answers_of": None, "context_utf8": None, "context_offsets": None, "answer_utf8": None,
                           "answer_offsets": None}
@@ -360,6 +325,12 @@ class QuestionAnswering(Task):
                          truncated_rows=0)  # windows cover the context; a question too long is refused, not cut
         return data, h.hexdigest()
 
+    def placeholder_labels(self, ds: Any, cfg: "DataConfig", label_map: dict[Any, int]) -> list[Any]:
+        """An answer at character 0 of each context (valid for ``check_answers``, even for an
+        empty context), so that ``tokenize`` windows the rows unchanged; logitstore/transfer.py
+        then stores -100 as every window's start and end and keeps no answer."""
+        return [{"text": [c[:1]], "answer_start": [0]} for c in ds[cfg.text_columns[1]]]
+
     def teacher_problem(self, num_labels: int, label_names: list[str], store_labels: list[str]) -> str | None:
         if num_labels != 2:
             return f"has {num_labels} outputs per token; a QA teacher has 2 (start, end)"
@@ -397,6 +368,13 @@ class QuestionAnswering(Task):
         terms = [KDTerm(student[..., k], labels[:, k], None if teacher is None else teacher[..., k], real)
                  for k in (0, 1)]
         return terms, len(student)
+
+    def unlabelled_terms(self, student: "torch.Tensor", labels: "torch.Tensor", teacher: "torch.Tensor",
+                         attention_mask: "torch.Tensor") -> tuple[list[KDTerm], int]:
+        """``kd_terms`` without labels (a transfer window's start and end are -100): the start
+        and end distributions over each window's real tokens, for the KD term alone."""
+        terms, n = self.kd_terms(student, labels, teacher, attention_mask)
+        return [replace(t, labels=None) for t in terms], n
 
 
 def _is_squad_json(path: Path) -> bool:
