@@ -11,7 +11,8 @@
 #   3. `students report` on the study folder: study_report.md, study_rewards.png, study_report.json
 # Every stage resumes: rerun the same command after a stop. Usage:
 #   bash scripts/study.sh [STUDY_DIR]          (default runs/study; the stores go to runs/study-stores)
-# Install first (bash scripts/setup.sh); STUDY_WORKERS (default 3) runs at once, 1 thread each.
+# Install first (bash scripts/setup.sh); STUDY_WORKERS (default 3) runs at once, 1 thread each;
+# STUDY_PARALLEL_CASES=K (default 1) runs K (store, size) cases at once on those workers (docs/study.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/study}"
@@ -29,6 +30,6 @@ EXAMPLES=all bash scripts/demo.sh --task ner "$stores/wnut16" | tail -n 4
 echo "stores: $((SECONDS - t0)) s"
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-students study examples/study.toml --out "$out" --workers "${STUDY_WORKERS:-3}"
+students study examples/study.toml --out "$out" --workers "${STUDY_WORKERS:-3}" --parallel-cases "${STUDY_PARALLEL_CASES:-1}"
 students report "$out"
 echo "total: $((SECONDS - t0)) s; report: $out/study_report.md"

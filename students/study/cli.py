@@ -32,11 +32,15 @@ def add_study(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
     s.add_argument("--space", default=None, metavar="FILE.toml", help="a sweep space file (as `students sweep "
                    "--space`) for every store; without `layers` and `seeds`")
     s.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="run N configurations of a greedy stage at once, in separate processes (default: 1)")
+                   help="train N runs at once, in separate processes (default: 1)")
     s.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="train every sweep's runs as Ray tasks (as `students sweep --ray`): on a local Ray cluster, "
                         "or the cluster at ADDRESS (auto, or HOST:PORT of its head); needs the ray extra; "
                         "docs/cluster.md")
+    s.add_argument("--parallel-cases", type=int, default=None, metavar="K",
+                   help="run K (store, size) cases at once, their runs sharing the --workers pool or the Ray "
+                        "cluster, so workers idle at the end of one case's greedy stage take another case's runs "
+                        "(default: 1, one case after another)")
     s.add_argument("--save-models", default=None, choices=("best", "all", "none"),
                    help="which runs keep their student model (as `students sweep`; default: best)")
     add_options(s, "sweep", "training options of every run (override the study file)")
@@ -57,7 +61,7 @@ def study_flags(args: argparse.Namespace, fields: list[str]) -> dict[str, Any]:
             sizes = args.sizes  # parse_study names the problem
     space = _read_toml(args.space) if args.space is not None else {}
     return {"stores": args.stores, "out": args.out, "sizes": sizes, "seeds": args.seeds, "workers": args.workers,
-            "ray": args.ray,
+            "ray": args.ray, "parallel_cases": args.parallel_cases,
             "save_models": args.save_models, "space": space,
             "train": {f: getattr(args, f) for f in fields if hasattr(args, f)}}
 

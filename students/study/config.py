@@ -24,7 +24,8 @@ from students.errors import ConfigError
 from students.sweep.recipe import SAVE_MODELS, SweepConfig
 from students.sweep.space import SPACE_KEYS, SweepSpace, SweepSpaceError, parse_space
 
-TOP_KEYS = ("out", "sizes", "seeds", "workers", "ray", "save_models", "space", "train", "epochs", "stores")
+TOP_KEYS = ("out", "sizes", "seeds", "workers", "ray", "parallel_cases", "save_models", "space", "train", "epochs",
+            "stores")
 STORE_KEYS = ("name", "path", "sizes", "seeds", "space", "train", "epochs")
 #: TrainConfig fields a study sets itself (per run, per case) or that only print: not in [train].
 NOT_TRAIN_KEYS = ("store", "out", "layers", "seed", "distance", "temperature", "student_temperature", "alpha",
@@ -63,10 +64,11 @@ class StudyConfig:
     cases: tuple[StudyCase, ...]
     workers: int = 1
     ray: str | None = None  # the sweeps' Ray cluster (students/sweep/ray_executor.py), or None
+    parallel_cases: int = 1  # cases run at once, sharing the workers (or the Ray cluster)
 
     def to_dict(self) -> dict[str, Any]:
         """What study.json records of the plan (no training happens here)."""
-        return {"out": self.out, "workers": self.workers, "ray": self.ray,
+        return {"out": self.out, "workers": self.workers, "ray": self.ray, "parallel_cases": self.parallel_cases,
                 "cases": [{"store": c.store, "path": c.path, "size": c.size, "folder": c.folder,
                            "epochs": c.sweep.template.epochs, "space": c.sweep.space.to_dict(),
                            "train_options": {k: getattr(c.sweep.template, k) for k in TRAIN_KEYS}}
@@ -260,6 +262,7 @@ def parse_study(data: Mapping[str, Any], flags: Mapping[str, Any] | None = None,
     elif ray is not None and workers != 1:
         problems.append(f"workers = {workers} sets the local process pool; with ray the cluster's free CPUs decide "
                         "how many runs train at once: drop workers (or drop ray)")
+    parallel = _parallel_cases(flags.get("parallel_cases", data.get("parallel_cases", 1)), workers, ray, problems)
     if save_models not in SAVE_MODELS:
         problems.append(f"save_models must be one of {', '.join(SAVE_MODELS)}. Got {save_models!r} instead")
         save_models = "best"
@@ -272,7 +275,18 @@ def parse_study(data: Mapping[str, Any], flags: Mapping[str, Any] | None = None,
         cases += _cases(top, entry, layer, flags, out, workers, ray, save_models, problems)
     if problems:
         raise StudyError(f"invalid study ({source}): " + "; ".join(dict.fromkeys(problems)), problems)
-    return StudyConfig(out, tuple(cases), workers, ray)
+    return StudyConfig(out, tuple(cases), workers, ray, parallel)
+
+
+def _parallel_cases(value: Any, workers: int, ray: str | None, problems: list[str]) -> int:
+    """``parallel_cases`` checked: an integer >= 1, above 1 only with runs to share (workers > 1 or ray)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        problems.append(f"parallel_cases must be an integer >= 1. Got {value!r} instead")
+        return 1
+    if value > 1 and workers == 1 and ray is None:
+        problems.append(f"parallel_cases = {value} shares the runs of {value} cases among the workers, and workers "
+                        "= 1 trains one run at a time: raise workers (or use ray), or drop parallel_cases")
+    return value
 
 
 def load_study(path: str | os.PathLike[str] | None, flags: Mapping[str, Any] | None = None,

@@ -15,7 +15,8 @@ Three implementations, one per way of running, each behind the same two methods:
 * ``Pool`` (workers = N > 1): a ProcessPoolExecutor of N spawned processes on this machine,
   each run with THREADS // N torch threads. Zero dependencies beyond the standard library.
   A worker process that dies breaks the pool: the sweep stops with a one-line error and a
-  rerun resumes (nothing is retried).
+  rerun resumes (nothing is retried). A batch of one run trains in the calling process,
+  unless the pool is ``shared``.
 * ``Ray`` (students/sweep/ray_executor.py, ``ray`` set): each run is one Ray task with the
   CPUs (= its threads) and GPUs it asks for, on a local or remote Ray cluster. A task whose
   worker dies is retried once by Ray; if it dies again the run comes back failed
@@ -24,11 +25,18 @@ Three implementations, one per way of running, each behind the same two methods:
 In every implementation an exception raised by the run function itself (a bad
 configuration, a missing store) is raised from ``run``: it would fail the same way again.
 ``threads`` is the torch threads of each run: callers put it in the configs they submit.
+
+Shared executors (``make_executor(..., shared=True)``): a study that runs several cases at
+once (students/study/run.py) gives every case's sweep the same executor, each calling
+``run`` from its own thread; the pool then trains every run, even a batch of one, in its
+worker processes, so N workers train N runs at most, and ``close`` (the study's, once)
+cancels what is queued and makes later ``run`` calls fail.
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -100,20 +108,26 @@ class Serial:
 
 
 class Pool:
-    """N spawned processes on this machine (a batch of one run trains in this process)."""
+    """N spawned processes on this machine (a batch of one run trains in this process unless
+    ``shared``: then every run goes to the pool, whichever thread submits it)."""
 
-    def __init__(self, run_fn: RunFn, threads: int, workers: int) -> None:
-        self.run_fn, self.threads, self.workers = run_fn, threads, workers
+    def __init__(self, run_fn: RunFn, threads: int, workers: int, shared: bool = False) -> None:
+        self.run_fn, self.threads, self.workers, self.shared = run_fn, threads, workers, shared
         self._pool: ProcessPoolExecutor | None = None
+        self._lock, self._closed = threading.Lock(), False
 
     def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=worker_init, initargs=(self.threads,))
-        return self._pool
+        with self._lock:  # one pool, whichever thread asks first
+            if self._closed:
+                raise ClusterError("the process pool of this study is closed (another case failed or was "
+                                   "interrupted); rerun the same command to resume")
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=worker_init, initargs=(self.threads,))
+            return self._pool
 
     def run(self, jobs: Mapping[str, TrainConfig]) -> Iterator[Finished]:
-        if len(jobs) <= 1:  # not worth a process
+        if len(jobs) <= 1 and not self.shared:  # not worth a process
             yield from Serial(self.run_fn, self.threads).run(jobs)
             return
         pool = self._executor()
@@ -132,17 +146,20 @@ class Pool:
                 fut.cancel()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            pool, self._pool, self._closed = self._pool, None, self.shared  # a shared pool stays closed
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_executor(run_fn: RunFn, threads: int | None = None, workers: int = 1, ray: str | None = None,
-                  gpus_per_run: float = 0.0) -> Executor:
+                  gpus_per_run: float = 0.0, shared: bool = False) -> Executor:
     """The executor for a sweep's options. ``threads``: the torch threads to share (None: the
     CPUs this process may use); the local pool gives each of its ``workers`` threads // workers,
     a Ray task asks the cluster for ``threads`` CPUs (None: 1) and ``gpus_per_run`` GPUs.
     ``ray``: None = no Ray, "local" = start a local Ray cluster, else a cluster address.
+    ``shared``: several threads will call ``run`` (a study's cases at once; see the module
+    docstring); a local pool then trains every run in its workers.
 
     Raises ClusterError (Ray not installed, cluster unreachable)."""
     if ray is not None:
@@ -150,4 +167,4 @@ def make_executor(run_fn: RunFn, threads: int | None = None, workers: int = 1, r
 
         return RayExecutor(run_fn, threads or 1, ray, gpus_per_run)
     per_run = max(1, (threads or default_threads()) // workers)
-    return Pool(run_fn, per_run, workers) if workers > 1 else Serial(run_fn, per_run)
+    return Pool(run_fn, per_run, workers, shared) if workers > 1 else Serial(run_fn, per_run)

@@ -23,7 +23,7 @@ from students.errors import ConfigError
 from students.sweep.points import NOT_IN_KEY, Point, train_run
 from students.sweep.progress import SweepProgress
 from students.sweep.results import RECORD_VERSION, check_same_store, prune_models, read_manifest, write_manifest
-from students.sweep.executors import RunFn, make_executor
+from students.sweep.executors import Executor, RunFn, make_executor
 from students.sweep.runner import Runner
 from students.sweep.space import PARAMS, SweepSpace
 from students.sweep.strategies import GREEDY_ORDER, STRATEGIES, LayersOutcome, greedy, grid, grid_runs
@@ -108,10 +108,12 @@ def _manifest(config: SweepConfig, identity: dict[str, Any] | None) -> dict[str,
 
 
 def run_sweep(config: SweepConfig, run_fn: RunFn = train_run, console: Console | None = None,
-              check_store: bool = True) -> SweepResult:
+              check_store: bool = True, executor: Executor | None = None) -> SweepResult:
     """Run (or resume) a sweep; writes SWEEP_DIR/results.jsonl as runs finish and
     SWEEP_DIR/sweep.json (the plan, then the outcome). ``run_fn`` trains one config;
-    ``check_store`` = False skips opening the store (for fake run functions).
+    ``check_store`` = False skips opening the store (for fake run functions). ``executor``:
+    where the runs train, owned by the caller (a study's cases share one); None: the
+    sweep makes its own from ``config`` and closes it.
 
     Raises OutputPathError (SWEEP_DIR cannot be a folder), StoreLockedError (another sweep
     is writing SWEEP_DIR: a lock beside it, logitstore/lock.py), ResultsFileError (a damaged
@@ -119,10 +121,11 @@ def run_sweep(config: SweepConfig, run_fn: RunFn = train_run, console: Console |
     console = console or Console()
     out = output_dir(config.out)
     with exclusive(out, what="sweep", thing="sweep folder"):  # two sweeps on one folder would train every run twice
-        return _run_locked(config, out, run_fn, console, check_store)
+        return _run_locked(config, out, run_fn, console, check_store, executor)
 
 
-def _run_locked(config: SweepConfig, out: Path, run_fn: RunFn, console: Console, check_store: bool) -> SweepResult:
+def _run_locked(config: SweepConfig, out: Path, run_fn: RunFn, console: Console, check_store: bool,
+                shared: Executor | None) -> SweepResult:
     old = read_manifest(out)  # the folder's own files first: a damaged one fails before the store is read
     identity = _store_identity(config.store, config.space) if check_store else None
     if identity is not None:
@@ -130,7 +133,8 @@ def _run_locked(config: SweepConfig, out: Path, run_fn: RunFn, console: Console,
     manifest = _manifest(config, identity)
     write_manifest(out, manifest)
     progress = SweepProgress(console, grid_runs(config.space) if config.strategy == "grid" else None)
-    executor = make_executor(run_fn, config.template.threads, config.workers or 1, config.ray, config.gpus_per_run)
+    executor = shared or make_executor(run_fn, config.template.threads, config.workers or 1, config.ray,
+                                       config.gpus_per_run)
     strategy = greedy if config.strategy == "greedy" else grid
     try:
         runner = Runner(out, config.template, config.space.seeds, executor, console,
@@ -138,7 +142,8 @@ def _run_locked(config: SweepConfig, out: Path, run_fn: RunFn, console: Console,
         with progress:
             outcomes = [strategy(config.space, k, runner.run_points) for k in config.space.layers]
     finally:
-        executor.close()
+        if shared is None:
+            executor.close()
     kept = _models_to_keep(outcomes, runner, config.save_models)
     manifest.update(status="complete", outcomes=[o.to_dict() for o in outcomes], models_kept=kept,
                     failed=dict(sorted(runner.failed.items())))
