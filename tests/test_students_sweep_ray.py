@@ -241,23 +241,28 @@ def test_a_dying_worker_of_the_local_pool_stops_the_sweep_with_one_line(store, t
 
 def test_a_study_on_ray_records_what_a_serial_study_records(store, cluster, tmp_path):
     """`students study --ray`: every case's greedy sweep trains on the cluster, and the
-    records equal those of the same study trained in this process; the plan records it."""
+    records equal those of the same study trained in this process; the plan records it. With
+    --parallel-cases 2 both cases (sizes 1 and 2) submit their runs to the cluster from their
+    own threads at once, and record the same."""
     from students.study import parse_study, run_study
 
-    data = {"sizes": [1], "seeds": 1, "stores": [{"name": "a", "path": str(store)}],
+    data = {"sizes": [1, 2], "seeds": 1, "stores": [{"name": "a", "path": str(store)}],
             "space": {"distance": ["ce"], "temperature": [2], "student_temperature": ["teacher"], "alpha": [0.5],
                       "teacher": ["ths"]},
             "train": {"max_steps": 3, "batch_size": 16, "lr": 1e-3, "device": "cpu", "threads": 1}}
     results = {}
-    for name, flags in (("serial", {}), ("ray", {"ray": cluster})):
+    for name, flags in (("serial", {}), ("ray", {"ray": cluster}), ("ray-cases", {"ray": cluster, "parallel_cases": 2})):
         out = tmp_path / name
         config = parse_study(data, {"out": str(out), **flags})
-        assert [c.sweep.ray for c in config.cases] == [flags.get("ray")]
+        assert [c.sweep.ray for c in config.cases] == [flags.get("ray")] * 2
         run_study(config)
-        results[name] = load_results(out / "a" / "L1")
-        assert json.loads((out / "study.json").read_text())["ray"] == flags.get("ray")
-    assert len(results["ray"]) == len(results["serial"]) >= 3  # hinton, recommended, no KD at least
-    assert_same_runs(results["ray"], results["serial"])
+        results[name] = {size: load_results(out / "a" / size) for size in ("L1", "L2")}
+        plan = json.loads((out / "study.json").read_text())
+        assert (plan["ray"], plan["parallel_cases"]) == (flags.get("ray"), flags.get("parallel_cases", 1))
+    for name in ("ray", "ray-cases"):
+        for size in ("L1", "L2"):
+            assert len(results[name][size]) == len(results["serial"][size]) >= 3  # hinton, recommended, no KD
+            assert_same_runs(results[name][size], results["serial"][size])
 
 
 def test_a_study_with_ray_and_workers_is_a_one_line_error(store):
