@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -48,9 +49,15 @@ def waits_for_another_case(config: TrainConfig) -> RunOutcome:
     return fake_run(config)
 
 
-def fails_in_case_b(config: TrainConfig) -> RunOutcome:
+def slow_and_fails_in_case_b(config: TrainConfig) -> RunOutcome:
+    """Every run leaves a mark (its case) as it starts; the runs of case b/L1 fail at once,
+    the others take a second, so other cases have runs training and queued when b/L1 fails."""
+    marks = Path(config.out).parents[3] / "marks"
+    marks.mkdir(exist_ok=True)
+    (marks / Path(config.out).name).write_text(_case(config))
     if _case(config) == "b/L1":
         raise RuntimeError("case b/L1 fails")
+    time.sleep(1.0)
     return fake_run(config)
 
 
@@ -89,24 +96,46 @@ def test_cases_at_once_overlap_and_record_what_the_cases_in_order_record(tmp_pat
 
 
 def test_a_failing_case_stops_the_study_and_a_rerun_ends_as_the_cases_in_order(tmp_path, in_order):
+    """Case b/L1 fails while the other two cases have runs training and queued: the study ends
+    (within the time limit: a queued run dropped by the pool must not leave its case waiting)
+    with b/L1's error; every run that started, but b/L1's, finished and is recorded; a rerun
+    trains the rest and ends with the records of the cases in order."""
     study = load_study(_study_toml(tmp_path), {"workers": 2, "parallel_cases": 3}, check_stores=False)
-    with pytest.raises(RuntimeError, match="case b/L1 fails"):
-        run_study(study, run_fn=fails_in_case_b, check_store=False, console=Console(file=io.StringIO()))
+    raised: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            run_study(study, run_fn=slow_and_fails_in_case_b, check_store=False, console=Console(file=io.StringIO()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            raised.append(exc)
+
+    driver = threading.Thread(target=go, daemon=True)
+    driver.start()
+    driver.join(WAIT_S)
+    assert not driver.is_alive(), f"the study did not stop within {WAIT_S} s after case b/L1 failed"
+    assert len(raised) == 1 and isinstance(raised[0], RuntimeError) and "case b/L1 fails" in str(raised[0])
     assert json.loads((tmp_path / "study" / "study.json").read_text())["status"] == "running"
+    started = {m.name: m.read_text() for m in (tmp_path / "study" / "marks").iterdir()}
+    recorded = {json.loads(line)["key"] for case in ("a/L1", "a/L2")
+                for line in (tmp_path / "study" / case / "results.jsonl").read_text().splitlines()}
+    others = {key for key, case in started.items() if case != "b/L1"}
+    assert others and others <= recorded  # runs that were training when the study stopped were recorded
     resumed = run_study(study, run_fn=fake_run, check_store=False, console=Console(file=io.StringIO()))
     assert _records(tmp_path / "study") == in_order
     assert resumed.sweeps[2][1].ran > 0  # case b/L1 trained on the rerun
 
 
-@pytest.mark.parametrize("flags, extra, message", [
-    (["--parallel-cases", "2"], "", "parallel_cases = 2 shares the runs of 2 cases among the workers, and workers "
-                                    "= 1 trains one run at a time: raise workers (or use ray)"),
-    ([], "parallel_cases = 0", "parallel_cases must be an integer >= 1. Got 0 instead"),
+@pytest.mark.parametrize("flags, top, tail, message", [
+    (["--parallel-cases", "2"], "", "", "parallel_cases = 2 shares the runs of 2 cases among the workers, and "
+                                        "workers = 1 trains one run at a time: raise workers (or use ray)"),
+    ([], "parallel_cases = 0", "", "parallel_cases must be an integer >= 1. Got 0 instead"),
+    (["--workers", "2", "--parallel-cases", "2"], "", "[stores.train]\nthreads = 2",  # store b's own threads
+     "the stores ask for different threads: set threads once"),
 ])
-def test_parallel_cases_that_cannot_work_are_one_line_errors(tmp_path, capsys, flags, extra, message):
-    toml = _study_toml(tmp_path)
-    if extra:  # a top-level key: before the tables
-        toml.write_text(extra + "\n" + toml.read_text())
+def test_parallel_cases_that_cannot_work_are_one_line_errors(tmp_path, capsys, flags, top, tail, message):
+    toml = _study_toml(tmp_path, extra=tail)
+    if top:  # a top-level key: before the tables
+        toml.write_text(top + "\n" + toml.read_text())
     assert main(["study", str(toml), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err

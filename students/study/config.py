@@ -241,7 +241,7 @@ def _cases(top: _Layer, entry: Mapping[str, Any], layer: _Layer, flags: Mapping[
 def parse_study(data: Mapping[str, Any], flags: Mapping[str, Any] | None = None, source: str = "flags",
                 check_stores: bool = True) -> StudyConfig:
     """A StudyConfig from the file's table ``data`` and ``flags`` (keys: stores (list of
-    PATH or NAME=PATH), out, sizes, seeds, workers, ray, save_models, space (dict), train (dict);
+    PATH or NAME=PATH), out, sizes, seeds, workers, ray, parallel_cases, save_models, space (dict), train (dict);
     None values are ignored). Raises StudyError listing every problem."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     problems = _unknown("the study file", data, TOP_KEYS) + _unknown("the --space file", flags.get("space", {}),
@@ -273,6 +273,10 @@ def parse_study(data: Mapping[str, Any], flags: Mapping[str, Any] | None = None,
         missing = _missing_store(str(entry["name"]), str(entry.get("path", ""))) if check_stores else None
         problems += [missing] if missing else []
         cases += _cases(top, entry, layer, flags, out, workers, ray, save_models, problems)
+    if parallel > 1 and len({c.sweep.template.threads for c in cases}) > 1:
+        problems.append(f"parallel_cases = {parallel} trains every case's runs on one shared pool, with one number "
+                        "of threads per run, and the stores ask for different threads: set threads once (top-level "
+                        "[train] or --threads)")
     if problems:
         raise StudyError(f"invalid study ({source}): " + "; ".join(dict.fromkeys(problems)), problems)
     return StudyConfig(out, tuple(cases), workers, ray, parallel)

@@ -15,9 +15,11 @@ case's greedy search in a thread of its own, all submitting their runs to one sh
 executor (students/sweep/executors.py), so runs of other cases fill those gaps. Each case
 decides its stages from its own records only, so the results are those of the cases run one
 after another (tested). The cases' output lines carry their folder, ``[store/L<size>]``.
-The first case's training threads and GPUs per run set the shared executor's. A case that
+Every case asks for the same threads per run (parse_study checks it); the first case's
+sets the shared executor's. A case that
 fails (or an interrupt) stops the study: runs already training finish and are recorded,
-queued ones are dropped, and a rerun resumes.
+queued ones are dropped (on Ray, each case's submitted runs finish: Ray cannot drop a queued
+task without ending running ones), and a rerun resumes.
 """
 from __future__ import annotations
 
@@ -108,9 +110,10 @@ def _cases_at_once(config: StudyConfig, run_fn: RunFn, console: Console,
                              shared=True)
 
     def one(i: int) -> SweepResult:
-        _announce(console, config, i)
         case = config.cases[i]
-        return run_sweep(case.sweep, run_fn, case_console(console, f"[{case.folder}] "), check_store, executor)
+        lines = case_console(console, f"[{case.folder}] ")
+        _announce(lines, config, i)
+        return run_sweep(case.sweep, run_fn, lines, check_store, executor)
 
     threads = ThreadPoolExecutor(min(config.parallel_cases, len(config.cases)), thread_name_prefix="study-case")
     futures = [threads.submit(one, i) for i in range(len(config.cases))]
@@ -122,8 +125,9 @@ def _cases_at_once(config: StudyConfig, run_fn: RunFn, console: Console,
         return [(case, fut.result()) for case, fut in zip(config.cases, futures)]
     finally:
         threads.shutdown(wait=False, cancel_futures=True)  # cases not started yet never start
-        executor.close()  # queued runs dropped; runs training finish and their cases record them
+        executor.stop()  # queued runs dropped (local pool); runs training finish and their cases record them
         threads.shutdown(wait=True)
+        executor.close()  # after the case threads: Ray is never shut down under a thread using it
 
 
 class _Prefixed(io.TextIOBase):
@@ -152,4 +156,4 @@ def case_console(console: Console, prefix: str) -> Console:
     """A console for one of several cases running at once: plain lines (no live progress bar,
     which a terminal can show only one of) onto ``console``'s stream, each after ``prefix``."""
     return Console(file=_Prefixed(console.file, prefix), force_terminal=False, no_color=True,
-                   width=max(40, console.width - len(prefix)), highlight=False)
+                   width=max(40, console.width - len(prefix)), highlight=False, quiet=console.quiet)

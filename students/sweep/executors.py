@@ -29,8 +29,10 @@ configuration, a missing store) is raised from ``run``: it would fail the same w
 Shared executors (``make_executor(..., shared=True)``): a study that runs several cases at
 once (students/study/run.py) gives every case's sweep the same executor, each calling
 ``run`` from its own thread; the pool then trains every run, even a batch of one, in its
-worker processes, so N workers train N runs at most, and ``close`` (the study's, once)
-cancels what is queued and makes later ``run`` calls fail.
+worker processes, so N workers train N runs at most. To end, the study calls ``stop`` (no
+new runs; the pool drops its queued runs, lets the running ones finish and hands them to
+their callers, whose ``run`` then raises ClusterError if runs of theirs were dropped), waits
+for the case threads, then ``close``.
 """
 from __future__ import annotations
 
@@ -71,6 +73,13 @@ class Executor(Protocol):
         """Start every run of ``jobs`` (key -> config) and yield each as it finishes."""
         ...
 
+    def stop(self) -> None:
+        """Take no more runs (a shared executor, before its callers are joined): queued runs
+        are dropped where the executor can drop them (the local pool), runs already training
+        finish and reach their ``run`` callers, later ``run`` calls raise ClusterError.
+        Idempotent."""
+        ...
+
     def close(self) -> None:
         """Release the workers (idempotent); pending runs are cancelled."""
         ...
@@ -103,6 +112,9 @@ class Serial:
         for key, config in jobs.items():
             yield Finished(key, *timed(self.run_fn, config))
 
+    def stop(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -115,39 +127,62 @@ class Pool:
         self.run_fn, self.threads, self.workers, self.shared = run_fn, threads, workers, shared
         self._pool: ProcessPoolExecutor | None = None
         self._lock, self._closed = threading.Lock(), False
+        self._stopped: Future = Future()  # done once ``stop`` has run: wakes the threads waiting in ``run``
 
-    def _executor(self) -> ProcessPoolExecutor:
-        with self._lock:  # one pool, whichever thread asks first
+    def _submit(self, jobs: Mapping[str, TrainConfig]) -> dict[Future, str]:
+        """Every job submitted (the pool made on first use), under the lock: ``stop`` cannot come
+        between the closed check and the submits. Raises ClusterError once stopped."""
+        with self._lock:
             if self._closed:
-                raise ClusterError("the process pool of this study is closed (another case failed or was "
-                                   "interrupted); rerun the same command to resume")
+                raise ClusterError("the study stopped (another case failed or was interrupted) before this case's "
+                                   "next runs; rerun the same command to resume")
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=worker_init, initargs=(self.threads,))
-            return self._pool
+            return {self._pool.submit(timed, self.run_fn, cfg): key for key, cfg in jobs.items()}
 
     def run(self, jobs: Mapping[str, TrainConfig]) -> Iterator[Finished]:
         if len(jobs) <= 1 and not self.shared:  # not worth a process
             yield from Serial(self.run_fn, self.threads).run(jobs)
             return
-        pool = self._executor()
-        futures: dict[Future, str] = {pool.submit(timed, self.run_fn, cfg): key for key, cfg in jobs.items()}
-        pending = set(futures)
+        futures = self._submit(jobs)
+        pending, dropped = set(futures), 0
         try:
             while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    yield Finished(futures[fut], *fut.result())
+                # a future cancelled by the pool's shutdown never wakes ``wait``: ``stop`` does
+                wait(pending | {self._stopped}, return_when=FIRST_COMPLETED)
+                stopped = self._stopped.done()  # then every run here is finished or was dropped
+                for fut in [f for f in pending if f.done() or stopped]:
+                    pending.discard(fut)
+                    if fut.cancelled() or not fut.done():
+                        dropped += 1
+                    else:
+                        yield Finished(futures[fut], *fut.result())
         except BrokenProcessPool as exc:
             raise ClusterError(f"a worker process of --workers {self.workers} died ({exc}); rerun the same "
                                "command to resume, or use --ray, which retries a run whose worker dies") from exc
         finally:
             for fut in pending:
                 fut.cancel()
+        if dropped:
+            raise ClusterError(f"the study stopped (another case failed or was interrupted): {dropped} queued "
+                               "run(s) of this case were dropped; rerun the same command to resume")
+
+    def stop(self) -> None:
+        with self._lock:
+            pool, self._pool, self._closed = self._pool, None, True
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # queued runs cancelled, running ones finish
+        with self._lock:
+            if not self._stopped.done():
+                self._stopped.set_result(None)
 
     def close(self) -> None:
+        if self.shared:  # stays closed: a case thread must not start a new pool
+            self.stop()
+            return
         with self._lock:
-            pool, self._pool, self._closed = self._pool, None, self.shared  # a shared pool stays closed
+            pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 

@@ -18,6 +18,7 @@ retries. A program that has called ``ray.init`` itself keeps its own connection 
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -66,6 +67,7 @@ class RayExecutor:
             raise ClusterError("--ray needs Ray, which is not installed: pip install 'logitstore[ray]' "
                                "(or drop --ray to train on this machine)") from exc
         self.ray, self.run_fn, self.threads, self.gpus = ray, run_fn, threads, gpus_per_run
+        self._lock, self._stopped = threading.Lock(), False
         if address not in ("local", "auto"):
             check_reachable(address)
         self.owned = not ray.is_initialized()
@@ -95,7 +97,11 @@ class RayExecutor:
     def run(self, jobs: Mapping[str, TrainConfig]) -> Iterator[Finished]:
         from ray.exceptions import RayError, RayTaskError
 
-        refs = {self._task.remote(self.run_fn, cfg, self.threads): key for key, cfg in jobs.items()}
+        with self._lock:  # stop() cannot come between the check and the submits
+            if self._stopped:
+                raise ClusterError("the study stopped (another case failed or was interrupted) before this case's "
+                                   "next runs; rerun the same command to resume")
+            refs = {self._task.remote(self.run_fn, cfg, self.threads): key for key, cfg in jobs.items()}
         pending = list(refs)
         try:
             while pending:
@@ -114,6 +120,14 @@ class RayExecutor:
             for ref in pending:
                 self.ray.cancel(ref, force=True)
 
+    def stop(self) -> None:
+        """No new runs: later ``run`` calls raise ClusterError. Runs already submitted finish on
+        the cluster and reach their callers (Ray cannot drop a queued task without also ending
+        a running one), so each case of a stopped study ends with its current stage."""
+        with self._lock:
+            self._stopped = True
+
     def close(self) -> None:
+        self.stop()
         if self.owned and self.ray.is_initialized():
             self.ray.shutdown()
