@@ -51,6 +51,9 @@ from students.errors import ClusterError
 from students.sweep.points import RunOutcome
 
 RunFn = Callable[[TrainConfig], RunOutcome]
+#: What ``run`` of a stopped shared executor raises (ClusterError).
+STOPPED = "the study stopped (another case failed or was interrupted) before this case's next runs; rerun the same " \
+          "command to resume"
 
 
 @dataclass(frozen=True)
@@ -134,8 +137,7 @@ class Pool:
         between the closed check and the submits. Raises ClusterError once stopped."""
         with self._lock:
             if self._closed:
-                raise ClusterError("the study stopped (another case failed or was interrupted) before this case's "
-                                   "next runs; rerun the same command to resume")
+                raise ClusterError(STOPPED)
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=worker_init, initargs=(self.threads,))

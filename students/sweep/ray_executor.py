@@ -24,7 +24,7 @@ from typing import Any
 
 from students.config import TrainConfig
 from students.errors import ClusterError
-from students.sweep.executors import Finished, RunFn, timed, worker_init
+from students.sweep.executors import STOPPED, Finished, RunFn, timed, worker_init
 from students.sweep.points import RunOutcome
 
 CONNECT_TIMEOUT_S = 5.0
@@ -99,8 +99,7 @@ class RayExecutor:
 
         with self._lock:  # stop() cannot come between the check and the submits
             if self._stopped:
-                raise ClusterError("the study stopped (another case failed or was interrupted) before this case's "
-                                   "next runs; rerun the same command to resume")
+                raise ClusterError(STOPPED)
             refs = {self._task.remote(self.run_fn, cfg, self.threads): key for key, cfg in jobs.items()}
         pending = list(refs)
         try:
